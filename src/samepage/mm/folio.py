@@ -1,0 +1,240 @@
+"""Physical memory: frames (pfns), folios, references and the folio lock.
+
+Models the parts of ``include/linux/mm.h``, ``mm/page_alloc.c``, ``mm/swap.c`` and
+``mm/filemap.c`` that KSM relies on: ``folio_get``/``folio_try_get``/``folio_put``,
+``folio_trylock``/``folio_lock``/``folio_unlock``, ``page_folio``, ``pfn_to_nid``,
+the per-CPU LRU add batch (``folio_add_lru``/``lru_add_drain_all``, whose references
+make ``write_protect_page`` fail on freshly faulted pages) and the shared zero page.
+
+Per-frame state is kept in flat arrays indexed by pfn (struct-of-arrays), so a page costs a
+few bytes plus its folio object: ``page_folio[pfn]`` (like ``compound_head``),
+``page_content[pfn]`` and ``page_flags[pfn]`` (``PageAnonExclusive``).
+"""
+
+from __future__ import annotations
+
+from array import array
+
+from .content import Content
+
+# folio->flags (the subset KSM cares about)
+PG_LOCKED = 1
+PG_ANON = 2
+PG_KSM = 4          # folio->mapping points at a stable node (FOLIO_MAPPING_KSM)
+PG_SWAPCACHE = 8
+PG_DIRTY = 16
+PG_FREED = 32       # back in the allocator: any use is a use-after-free
+PG_ZERO = 64        # the shared zero page
+PG_LRU = 128        # on an LRU list (not in a per-CPU add batch)
+
+# per-page flags
+PAGE_ANON_EXCLUSIVE = 1
+
+ZERO_PFN = 0
+SECTION_SHIFT = 9           # 2 MiB sections: each belongs to one NUMA node
+LRU_BATCH_SIZE = 31         # PAGEVEC_SIZE / folio_batch capacity
+
+
+class Folio:
+    """``struct folio``: one order-0 page or a large, naturally aligned group of pages."""
+
+    __slots__ = ("pfn", "order", "refcount", "mapcount", "flags", "mapping", "anon_vma",
+                 "index", "nid", "page_mapcount", "pincount")
+
+    def __init__(self, pfn: int, order: int, nid: int):
+        self.pfn = pfn
+        self.order = order
+        self.refcount = 1          # the allocation's reference (becomes the mapping's)
+        self.mapcount = 0          # folio_mapcount(): PTE mappings + PMD mappings
+        self.flags = 0
+        self.mapping = None        # stable node of a KSM folio (or KSM_NO_NODE)
+        self.anon_vma = None
+        self.index = 0             # linear page index of the first page
+        self.nid = nid
+        self.page_mapcount = None  # per-page PTE mapcounts of a large folio
+        self.pincount = 0          # GUP pins (each also holds a reference)
+
+    @property
+    def nr_pages(self) -> int:
+        return 1 << self.order
+
+    def __repr__(self) -> str:
+        kind = "ksm" if self.flags & PG_KSM else ("anon" if self.flags & PG_ANON else "other")
+        freed = " FREED" if self.flags & PG_FREED else ""
+        return (f"<folio pfn={self.pfn} order={self.order} {kind} ref={self.refcount} "
+                f"map={self.mapcount}{freed}>")
+
+
+class KsmNoNode:
+    """folio->mapping of a KSM folio whose stable node is not set yet (folio_set_stable_node(NULL))."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "KSM_NO_NODE"
+
+
+KSM_NO_NODE = KsmNoNode()
+
+
+class MemoryError_(Exception):
+    """A refcount or lock rule was broken (a model bug or a bug in a strategy under test)."""
+
+
+class Memory:
+    """Physical memory of one machine: allocator, per-frame arrays, the zero page, LRU batch."""
+
+    def __init__(self, numa_nodes: int = 1):
+        self.nr_node_ids = numa_nodes
+        self.page_folio: list = []
+        self.page_content: list = []
+        self.page_flags = bytearray()
+        self.section_nid = array("b")
+        self._next_pfn = [0] * numa_nodes      # next unused pfn of the node's current section
+        self._section_end = [0] * numa_nodes
+        self._free = [[] for _ in range(numa_nodes)]   # freed order-0 frames, reused LIFO
+        self.nr_free_frames = 0
+        self.lru_batch: list = []              # this CPU's folio_batch of LRU additions
+        self.lru_batching = True
+        self.vmstat = {"cow_ksm": 0, "ksm_swpin_copy": 0, "thp_split_page": 0,
+                       "thp_split_page_failed": 0, "thp_fault_alloc": 0, "nr_anon_pages": 0}
+        self.ksm = None                        # the KSM hooks (samepage.mm.hooks.KsmHooks)
+        self.observer = None                   # optional sanitizer (later)
+        # the shared zero page lives in pfn 0 of node 0
+        zero_pfn = self._alloc_frames(0, 0)
+        assert zero_pfn == ZERO_PFN
+        zf = Folio(ZERO_PFN, 0, 0)
+        zf.flags = PG_ZERO
+        zf.refcount = 1 << 30
+        self.page_folio[ZERO_PFN] = zf
+        self.page_content[ZERO_PFN] = 0
+        self.zero_folio = zf
+
+    # -- frames ---------------------------------------------------------------------------
+    def _new_section(self, nid: int) -> None:
+        base = len(self.page_folio)
+        size = 1 << SECTION_SHIFT
+        self.page_folio.extend([None] * size)
+        self.page_content.extend([0] * size)
+        self.page_flags.extend(bytes(size))
+        self.section_nid.append(nid)
+        self._next_pfn[nid] = base
+        self._section_end[nid] = base + size
+
+    def _alloc_frames(self, order: int, nid: int) -> int:
+        n = 1 << order
+        if order == 0 and self._free[nid]:
+            self.nr_free_frames -= 1
+            return self._free[nid].pop()
+        pfn = self._next_pfn[nid]
+        pfn = (pfn + n - 1) & ~(n - 1)
+        if pfn + n > self._section_end[nid] or self._section_end[nid] == 0:
+            # large orders above a section are not modelled; a section holds a PMD folio
+            self._new_section(nid)
+            pfn = self._next_pfn[nid]
+        self._next_pfn[nid] = pfn + n
+        return pfn
+
+    def pfn_to_nid(self, pfn: int) -> int:
+        return self.section_nid[pfn >> SECTION_SHIFT]
+
+    def folio_alloc(self, order: int = 0, nid: int = 0, content: Content = 0) -> Folio:
+        """Allocate a folio whose pages hold ``content`` (a zeroed page by default)."""
+        pfn = self._alloc_frames(order, nid)
+        folio = Folio(pfn, order, nid)
+        pf = self.page_folio
+        pc = self.page_content
+        flags = self.page_flags
+        for p in range(pfn, pfn + (1 << order)):
+            pf[p] = folio
+            pc[p] = content
+            flags[p] = 0
+        if order:
+            folio.page_mapcount = [0] * (1 << order)
+        return folio
+
+    def _free_folio(self, folio: Folio) -> None:
+        if folio.mapcount:
+            raise MemoryError_(f"freeing {folio!r} while it is still mapped")
+        folio.flags = (folio.flags & PG_ZERO) | PG_FREED
+        folio.mapping = None
+        folio.anon_vma = None
+        pf = self.page_folio
+        free = self._free[folio.nid]
+        for p in range(folio.pfn, folio.pfn + (1 << folio.order)):
+            pf[p] = None
+            free.append(p)
+        self.nr_free_frames += 1 << folio.order
+        if self.observer is not None:
+            self.observer.folio_freed(folio)
+
+    # -- references ---------------------------------------------------------------------
+    def folio_get(self, folio: Folio) -> None:
+        if folio.flags & PG_FREED or folio.refcount <= 0:
+            raise MemoryError_(f"folio_get on a freed folio {folio!r}")
+        folio.refcount += 1
+
+    def folio_try_get(self, folio: Folio) -> bool:
+        """Take a reference unless the folio is being freed (refcount already 0)."""
+        if folio.refcount <= 0 or folio.flags & PG_FREED:
+            return False
+        folio.refcount += 1
+        return True
+
+    def folio_put(self, folio: Folio) -> None:
+        if folio.flags & PG_FREED or folio.refcount <= 0:
+            raise MemoryError_(f"folio_put on a freed folio {folio!r}")
+        folio.refcount -= 1
+        if folio.refcount == 0:
+            self._free_folio(folio)
+
+    def folio_put_refs(self, folio: Folio, n: int) -> None:
+        for _ in range(n):
+            self.folio_put(folio)
+
+    # -- the folio lock -----------------------------------------------------------------
+    def folio_trylock(self, folio: Folio) -> bool:
+        if folio.flags & PG_LOCKED:
+            return False
+        folio.flags |= PG_LOCKED
+        return True
+
+    def folio_lock(self, folio: Folio) -> None:
+        if folio.flags & PG_LOCKED:
+            # a sequential model cannot sleep on a lock held by nobody running
+            raise MemoryError_(f"folio_lock would wait forever on {folio!r}")
+        folio.flags |= PG_LOCKED
+
+    def folio_unlock(self, folio: Folio) -> None:
+        if not folio.flags & PG_LOCKED:
+            raise MemoryError_(f"folio_unlock of an unlocked folio {folio!r}")
+        folio.flags &= ~PG_LOCKED
+
+    # -- the per-CPU LRU add batch (mm/swap.c) --------------------------------------------
+    def folio_add_lru(self, folio: Folio) -> None:
+        """A new folio waits in the CPU's batch, holding a reference, until the batch drains."""
+        if not self.lru_batching or folio.order:
+            folio.flags |= PG_LRU      # large folios are never held back in the batch
+            return
+        folio.refcount += 1
+        self.lru_batch.append(folio)
+        if len(self.lru_batch) >= LRU_BATCH_SIZE:
+            self.lru_add_drain()
+
+    def lru_add_drain(self) -> None:
+        batch = self.lru_batch
+        if not batch:
+            return
+        self.lru_batch = []
+        for folio in batch:
+            folio.flags |= PG_LRU
+            self.folio_put(folio)
+
+    lru_add_drain_all = lru_add_drain   # one CPU's batch is modelled
+
+    # -- contents -----------------------------------------------------------------------
+    def page_folio_of(self, pfn: int) -> Folio:
+        folio = self.page_folio[pfn]
+        if folio is None:
+            raise MemoryError_(f"pfn {pfn} is not allocated")
+        return folio

@@ -1,0 +1,498 @@
+"""Address spaces, VMAs, page tables and faults.
+
+Models the pieces of ``mm/mmap.c``, ``mm/vma.c``, ``mm/madvise.c``, ``mm/memory.c``
+(``handle_mm_fault``, ``do_anonymous_page``, ``do_wp_page``, ``wp_can_reuse_anon_folio``,
+``wp_page_copy``, ``wp_page_reuse``, ``zap_pte_range``, ``copy_present_pte``),
+``kernel/fork.c`` (``dup_mmap``), ``kernel/exit.c``/``__mmput`` and the prctl of
+``kernel/sys.c`` that KSM interacts with.
+
+A VMA's page table is two flat arrays, one slot per virtual page: ``pte[i]`` is the pfn
+mapped there (-1: none) and ``ptef[i]`` its PTE bits (``PTE_WRITE``, ``PTE_DIRTY``,
+``PTE_SPECIAL`` for the zero page, ``PTE_PMD`` when the entry is part of a PMD mapping).
+Addresses are byte addresses, as in the kernel.
+"""
+
+from __future__ import annotations
+
+import errno
+from array import array
+
+from .content import PAGE_SHIFT, PAGE_SIZE, Content, make_content
+from .folio import (PAGE_ANON_EXCLUSIVE, PG_ANON, PG_KSM, PG_LRU, PG_SWAPCACHE, PG_ZERO,
+                    ZERO_PFN, Folio, Memory)
+
+# vma->vm_flags
+VM_READ = 0x1
+VM_WRITE = 0x2
+VM_SHARED = 0x8
+VM_MAYSHARE = 0x80
+VM_PFNMAP = 0x400
+VM_LOCKED = 0x2000
+VM_IO = 0x4000
+VM_DONTEXPAND = 0x40000
+VM_HUGETLB = 0x400000
+VM_HUGEPAGE = 0x20000000
+VM_NOHUGEPAGE = 0x40000000
+VM_MERGEABLE = 0x80000000
+VM_MIXEDMAP = 0x10000000
+VM_DROPPABLE = 0x1_0000_0000
+VM_SPECIAL = VM_IO | VM_DONTEXPAND | VM_PFNMAP | VM_MIXEDMAP
+
+# mm->flags
+MMF_VM_MERGEABLE = 1
+MMF_VM_MERGE_ANY = 2
+
+# PTE bits
+PTE_WRITE = 1
+PTE_DIRTY = 2
+PTE_SPECIAL = 4
+PTE_PMD = 8
+
+# madvise advice values (uapi)
+MADV_DONTNEED = 4
+MADV_MERGEABLE = 12
+MADV_UNMERGEABLE = 13
+MADV_HUGEPAGE = 14
+MADV_NOHUGEPAGE = 15
+
+PR_SET_MEMORY_MERGE = 67
+PR_GET_MEMORY_MERGE = 68
+
+# fault flags
+FAULT_FLAG_WRITE = 1
+FAULT_FLAG_UNSHARE = 2
+
+VA_BASE = 0x7F00_0000_0000
+PMD_SIZE = 2 << 20
+
+
+class VmFault(Exception):
+    """SIGSEGV: an access outside any VMA or against its protection."""
+
+
+class AnonVma:
+    """``struct anon_vma``: finds every VMA that may map a folio faulted under it."""
+
+    __slots__ = ("parent", "vmas")
+
+    def __init__(self, parent: "AnonVma | None" = None):
+        self.parent = parent
+        self.vmas: list[Vma] = []
+
+    def link(self, vma: "Vma") -> None:
+        av = self
+        while av is not None:            # the anon_vma_chain reaches every ancestor
+            av.vmas.append(vma)
+            av = av.parent
+
+    def unlink(self, vma: "Vma") -> None:
+        av = self
+        while av is not None:
+            try:
+                av.vmas.remove(vma)
+            except ValueError:
+                pass
+            av = av.parent
+
+
+class Vma:
+    """``struct vm_area_struct`` with its slice of the page table."""
+
+    __slots__ = ("mm", "start", "end", "flags", "anon_vma", "pte", "ptef", "name", "pgoff",
+                 "file", "__weakref__")
+
+    def __init__(self, mm: "MM", start: int, end: int, flags: int, name: str | None = None):
+        self.mm = mm
+        self.start = start
+        self.end = end
+        self.flags = flags
+        self.anon_vma: AnonVma | None = None
+        n = (end - start) >> PAGE_SHIFT
+        self.pte = array("q", [-1]) * n
+        self.ptef = bytearray(n)
+        self.name = name
+        self.pgoff = start >> PAGE_SHIFT
+        self.file = None
+
+    @property
+    def nr_pages(self) -> int:
+        return (self.end - self.start) >> PAGE_SHIFT
+
+    def contains(self, addr: int) -> bool:
+        return self.start <= addr < self.end
+
+    def __repr__(self) -> str:
+        return f"<vma {self.name or ''} {self.start:#x}-{self.end:#x} flags={self.flags:#x}>"
+
+
+class MM:
+    """``struct mm_struct`` of one process."""
+
+    __slots__ = ("mem", "name", "pid", "vmas", "flags", "mm_users", "nid",
+                 "ksm_merging_pages", "ksm_rmap_items", "ksm_zero_pages", "anon_rss",
+                 "next_addr", "thp_policy", "__weakref__")
+
+    _next_pid = 1000
+
+    def __init__(self, mem: Memory, name: str, nid: int = 0):
+        self.mem = mem
+        self.name = name
+        MM._next_pid += 1
+        self.pid = MM._next_pid
+        self.vmas: list[Vma] = []
+        self.flags = 0
+        self.mm_users = 1
+        self.nid = nid
+        self.ksm_merging_pages = 0
+        self.ksm_rmap_items = 0
+        self.ksm_zero_pages = 0
+        self.anon_rss = 0
+        self.next_addr = VA_BASE
+        self.thp_policy = None   # set by the machine for large folios (issue: large folios)
+
+    def __repr__(self) -> str:
+        return f"<mm {self.name} pid={self.pid}>"
+
+    # -- VMAs ---------------------------------------------------------------------------
+    def find_vma(self, addr: int) -> Vma | None:
+        for vma in self.vmas:
+            if vma.start <= addr < vma.end:
+                return vma
+        return None
+
+    def vma_by_name(self, name: str) -> Vma:
+        for vma in self.vmas:
+            if vma.name == name:
+                return vma
+        raise KeyError(name)
+
+    def mmap(self, pages: int, *, name: str | None = None, flags: int = VM_READ | VM_WRITE,
+             align: int = PMD_SIZE, addr: int | None = None) -> Vma:
+        """Map ``pages`` anonymous private pages.  Each mapping gets its own VMA: the
+        address grows upwards with a guard gap, so file order is scan order."""
+        if self.mm_users == 0:
+            raise VmFault("mmap on an exited mm")
+        if pages <= 0:
+            raise ValueError("pages must be >= 1")
+        length = pages << PAGE_SHIFT
+        if addr is None:
+            addr = (self.next_addr + align - 1) & ~(align - 1)
+        if any(v.start < addr + length and addr < v.end for v in self.vmas):
+            raise ValueError(f"mapping at {addr:#x} overlaps an existing VMA")
+        self.next_addr = max(self.next_addr, addr + length + PMD_SIZE)
+        vma = Vma(self, addr, addr + length, flags, name)
+        self._insert_vma(vma)
+        self.mem.ksm.ksm_vma_flags(self, vma)
+        return vma
+
+    def _insert_vma(self, vma: Vma) -> None:
+        self.vmas.append(vma)
+        self.vmas.sort(key=lambda v: v.start)
+
+    def split_vma(self, vma: Vma, addr: int) -> Vma:
+        """Split ``vma`` at ``addr``; returns the upper part (``__split_vma``)."""
+        i = (addr - vma.start) >> PAGE_SHIFT
+        new = Vma.__new__(Vma)
+        new.mm = self
+        new.start = addr
+        new.end = vma.end
+        new.flags = vma.flags
+        new.anon_vma = vma.anon_vma
+        new.pte = vma.pte[i:]
+        new.ptef = vma.ptef[i:]
+        new.name = vma.name
+        new.pgoff = vma.pgoff + i
+        new.file = vma.file
+        vma.end = addr
+        del vma.pte[i:]
+        del vma.ptef[i:]
+        if vma.anon_vma is not None:
+            vma.anon_vma.link(new)
+        self._insert_vma(new)
+        return new
+
+    def vmas_in_range(self, start: int, end: int, split: bool = True) -> list[Vma]:
+        """The VMAs covering [start, end), split at the boundaries when ``split``."""
+        out = []
+        for vma in list(self.vmas):
+            if vma.end <= start or vma.start >= end:
+                continue
+            if split and vma.start < start:
+                vma = self.split_vma(vma, start)
+            if split and vma.end > end:
+                self.split_vma(vma, end)
+            out.append(vma)
+        return out
+
+    # -- faults -------------------------------------------------------------------------
+    def anon_vma_prepare(self, vma: Vma) -> AnonVma:
+        if vma.anon_vma is None:
+            vma.anon_vma = AnonVma()
+            vma.anon_vma.link(vma)
+        return vma.anon_vma
+
+    def handle_mm_fault(self, vma: Vma, addr: int, fault_flags: int) -> int:
+        """Resolve a write (or unshare) fault at ``addr``; returns the pfn now mapped."""
+        i = (addr - vma.start) >> PAGE_SHIFT
+        pfn = vma.pte[i]
+        if pfn < 0:
+            if fault_flags & FAULT_FLAG_UNSHARE:
+                return -1
+            return self.do_anonymous_page(vma, i)
+        f = vma.ptef[i]
+        if fault_flags & FAULT_FLAG_WRITE and f & PTE_WRITE:
+            return pfn                          # nothing to do
+        return self.do_wp_page(vma, i, fault_flags)
+
+    def do_anonymous_page(self, vma: Vma, i: int) -> int:
+        if not vma.flags & VM_WRITE:
+            raise VmFault(f"write to a read-only mapping {vma!r}")
+        mem = self.mem
+        av = self.anon_vma_prepare(vma)
+        folio = mem.folio_alloc(0, self.nid)
+        self._add_new_anon_rmap(folio, vma, i)
+        mem.folio_add_lru(folio)
+        vma.pte[i] = folio.pfn
+        vma.ptef[i] = PTE_WRITE | PTE_DIRTY
+        del av
+        return folio.pfn
+
+    def _add_new_anon_rmap(self, folio: Folio, vma: Vma, i: int) -> None:
+        """``folio_add_new_anon_rmap`` for an order-0 folio mapped exclusively at ``i``."""
+        folio.flags |= PG_ANON
+        folio.anon_vma = vma.anon_vma
+        folio.index = vma.pgoff + i
+        folio.mapcount = 1
+        self.mem.page_flags[folio.pfn] |= PAGE_ANON_EXCLUSIVE
+        self.anon_rss += 1
+
+    def wp_can_reuse_anon_folio(self, folio: Folio) -> bool:
+        mem = self.mem
+        if folio.flags & PG_KSM or folio.refcount > 3:
+            return False
+        if not folio.flags & PG_LRU:
+            mem.lru_add_drain()
+        if folio.refcount > 1 + (1 if folio.flags & PG_SWAPCACHE else 0):
+            return False
+        if not mem.folio_trylock(folio):
+            return False
+        ok = not folio.flags & PG_KSM and folio.refcount == 1
+        mem.folio_unlock(folio)
+        return ok
+
+    def do_wp_page(self, vma: Vma, i: int, fault_flags: int) -> int:
+        mem = self.mem
+        unshare = bool(fault_flags & FAULT_FLAG_UNSHARE)
+        if not unshare and not vma.flags & VM_WRITE:
+            raise VmFault(f"write to a read-only mapping {vma!r}")
+        pfn = vma.pte[i]
+        f = vma.ptef[i]
+        if f & PTE_SPECIAL:
+            folio = None
+        else:
+            folio = mem.page_folio[pfn]
+        if folio is not None and folio.flags & PG_ANON and folio.order == 0 and (
+                mem.page_flags[pfn] & PAGE_ANON_EXCLUSIVE or self.wp_can_reuse_anon_folio(folio)):
+            mem.page_flags[pfn] |= PAGE_ANON_EXCLUSIVE
+            if unshare:
+                return pfn
+            vma.ptef[i] = f | PTE_WRITE | PTE_DIRTY          # wp_page_reuse
+            return pfn
+        if folio is not None and folio.flags & PG_KSM:
+            mem.vmstat["cow_ksm"] += 1
+        return self.wp_page_copy(vma, i, unshare)
+
+    def wp_page_copy(self, vma: Vma, i: int, unshare: bool) -> int:
+        mem = self.mem
+        self.anon_vma_prepare(vma)
+        old_pfn = vma.pte[i]
+        old_f = vma.ptef[i]
+        if old_f & PTE_SPECIAL:
+            new = mem.folio_alloc(0, self.nid, 0)      # a zeroed page replaces the zero page
+            old = None
+        else:
+            old = mem.page_folio[old_pfn]
+            new = mem.folio_alloc(0, self.nid, mem.page_content[old_pfn])
+        self._add_new_anon_rmap(new, vma, i)
+        mem.folio_add_lru(new)
+        vma.pte[i] = new.pfn
+        vma.ptef[i] = 0 if unshare else PTE_WRITE | PTE_DIRTY
+        if old is None:
+            if old_f & PTE_DIRTY:
+                mem.ksm.ksm_might_unmap_zero_page(self, old_f)
+        else:
+            self.folio_remove_rmap_pte(old, old_pfn)
+            mem.folio_put(old)
+        return new.pfn
+
+    def folio_remove_rmap_pte(self, folio: Folio, pfn: int) -> None:
+        folio.mapcount -= 1
+        if folio.page_mapcount is not None:
+            folio.page_mapcount[pfn - folio.pfn] -= 1
+        if folio.flags & PG_ANON:
+            self.anon_rss -= 1
+
+    # -- user-level operations -----------------------------------------------------------
+    def write_page(self, addr: int, content: Content) -> int:
+        """A store that fills the page at ``addr`` with ``content`` (faulting as needed)."""
+        content = make_content(content)
+        vma = self.find_vma(addr)
+        if vma is None:
+            raise VmFault(f"{self.name}: no mapping at {addr:#x}")
+        i = (addr - vma.start) >> PAGE_SHIFT
+        pfn = vma.pte[i]
+        if pfn < 0 or not vma.ptef[i] & PTE_WRITE:
+            pfn = self.handle_mm_fault(vma, addr, FAULT_FLAG_WRITE)
+        vma.ptef[i] |= PTE_DIRTY
+        self.mem.page_content[pfn] = content
+        return pfn
+
+    def read_page(self, addr: int) -> Content | None:
+        """The content seen at ``addr`` (None when nothing is mapped: reads would fault in
+        the zero page)."""
+        vma = self.find_vma(addr)
+        if vma is None:
+            raise VmFault(f"{self.name}: no mapping at {addr:#x}")
+        pfn = vma.pte[(addr - vma.start) >> PAGE_SHIFT]
+        return None if pfn < 0 else self.mem.page_content[pfn]
+
+    def zap_pte_range(self, vma: Vma, lo: int, hi: int) -> None:
+        """Unmap page slots [lo, hi) of ``vma`` (``zap_pte_range``)."""
+        mem = self.mem
+        pte, ptef = vma.pte, vma.ptef
+        pf = mem.page_folio
+        for i in range(lo, hi):
+            pfn = pte[i]
+            if pfn < 0:
+                continue
+            f = ptef[i]
+            pte[i] = -1
+            ptef[i] = 0
+            if f & PTE_SPECIAL:
+                if f & PTE_DIRTY:
+                    mem.ksm.ksm_might_unmap_zero_page(self, f)
+                continue
+            folio = pf[pfn]
+            self.folio_remove_rmap_pte(folio, pfn)
+            mem.folio_put(folio)
+
+    def madvise(self, start: int, length: int, advice: int) -> int:
+        """``madvise(2)``: returns 0 or -errno (ENOMEM for unmapped parts)."""
+        end = start + length
+        if start & (PAGE_SIZE - 1) or length < 0:
+            return -errno.EINVAL
+        vmas = self.vmas_in_range(start, end, split=advice not in (MADV_DONTNEED,))
+        covered = sum(min(v.end, end) - max(v.start, start) for v in vmas)
+        ret = 0
+        for vma in vmas:
+            lo = (max(vma.start, start) - vma.start) >> PAGE_SHIFT
+            hi = (min(vma.end, end) - vma.start) >> PAGE_SHIFT
+            if advice == MADV_DONTNEED:
+                self.zap_pte_range(vma, lo, hi)
+            elif advice in (MADV_MERGEABLE, MADV_UNMERGEABLE):
+                r = self.mem.ksm.ksm_madvise(vma, vma.start, vma.end, advice)
+                if r:
+                    return r
+            elif advice == MADV_HUGEPAGE:
+                vma.flags = (vma.flags | VM_HUGEPAGE) & ~VM_NOHUGEPAGE
+            elif advice == MADV_NOHUGEPAGE:
+                vma.flags = (vma.flags | VM_NOHUGEPAGE) & ~VM_HUGEPAGE
+            else:
+                return -errno.EINVAL
+        if covered < length:
+            ret = -errno.ENOMEM
+        return ret
+
+    def munmap(self, start: int, length: int) -> None:
+        for vma in self.vmas_in_range(start, start + length):
+            self.zap_pte_range(vma, 0, vma.nr_pages)
+            self.vmas.remove(vma)
+            if vma.anon_vma is not None:
+                vma.anon_vma.unlink(vma)
+
+    def prctl(self, option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0,
+              arg5: int = 0) -> int:
+        if option == PR_SET_MEMORY_MERGE:
+            if arg3 or arg4 or arg5:
+                return -errno.EINVAL
+            if arg2:
+                return self.mem.ksm.ksm_enable_merge_any(self)
+            return self.mem.ksm.ksm_disable_merge_any(self)
+        if option == PR_GET_MEMORY_MERGE:
+            if arg2 or arg3 or arg4 or arg5:
+                return -errno.EINVAL
+            return 1 if self.flags & MMF_VM_MERGE_ANY else 0
+        return -errno.EINVAL
+
+    # -- process lifetime ------------------------------------------------------------------
+    def fork(self, child_name: str) -> "MM":
+        """``dup_mm``/``dup_mmap``: the child shares every anonymous page copy-on-write."""
+        mem = self.mem
+        child = MM(mem, child_name, self.nid)
+        child.flags = self.flags & MMF_VM_MERGE_ANY          # MMF_INIT_MASK
+        child.ksm_zero_pages = self.ksm_zero_pages           # copied with the mm struct
+        child.next_addr = self.next_addr
+        child.thp_policy = self.thp_policy
+        mem.ksm.ksm_fork(child, self)
+        pf = mem.page_folio
+        pflags = mem.page_flags
+        for vma in self.vmas:
+            new = Vma(child, vma.start, vma.end, vma.flags, vma.name)
+            new.pgoff = vma.pgoff
+            new.file = vma.file
+            if vma.anon_vma is not None:
+                new.anon_vma = AnonVma(vma.anon_vma)
+                new.anon_vma.link(new)
+            child.vmas.append(new)
+            pte, ptef = vma.pte, vma.ptef
+            cpte, cptef = new.pte, new.ptef
+            cow = not vma.flags & VM_SHARED and vma.flags & VM_WRITE
+            for i in range(len(pte)):
+                pfn = pte[i]
+                if pfn < 0:
+                    continue
+                f = ptef[i]
+                if not f & PTE_SPECIAL:
+                    folio = pf[pfn]
+                    folio.refcount += 1
+                    folio.mapcount += 1
+                    if folio.page_mapcount is not None:
+                        folio.page_mapcount[pfn - folio.pfn] += 1
+                    pflags[pfn] &= ~PAGE_ANON_EXCLUSIVE       # folio_try_dup_anon_rmap
+                    child.anon_rss += 1
+                    if cow and f & PTE_WRITE:
+                        f &= ~PTE_WRITE
+                        ptef[i] = f
+                cpte[i] = pfn
+                cptef[i] = f
+        return child
+
+    def exit(self) -> None:
+        """``exit_mm`` → ``mmput`` → ``__mmput``: KSM is told first, then everything is
+        unmapped.  The mm struct lives on while KSM still holds it."""
+        if self.mm_users == 0:
+            return
+        self.mm_users = 0
+        self.mem.ksm.ksm_exit(self)
+        for vma in self.vmas:
+            self.zap_pte_range(vma, 0, vma.nr_pages)
+            if vma.anon_vma is not None:
+                vma.anon_vma.unlink(vma)
+        self.vmas = []
+
+    # -- inspection ----------------------------------------------------------------------
+    def iter_present(self):
+        """(address, pfn, pte bits) of every present PTE, in address order."""
+        for vma in self.vmas:
+            pte, ptef = vma.pte, vma.ptef
+            for i in range(len(pte)):
+                if pte[i] >= 0:
+                    yield vma.start + (i << PAGE_SHIFT), pte[i], ptef[i]
+
+
+def is_zero_folio(folio: Folio) -> bool:
+    return bool(folio.flags & PG_ZERO)
+
+
+__all__ = [n for n in dir() if n.isupper()] + ["MM", "Vma", "AnonVma", "VmFault",
+                                                "ZERO_PFN", "is_zero_folio"]

@@ -1,0 +1,447 @@
+"""Pydantic models of a scenario file (see /work/shared/spec/scenario-format.md).
+
+Validation errors are raised as pydantic ValidationErrors; loader.py turns them into
+ScenarioError. Checks that need a precise key path raise ``PydanticCustomError("scenario")``
+whose context carries ``sub``, the key path below the validated object.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from .tunables import U64_MAX, TunableError, _show, check_tunable
+
+FILL_KINDS = ("zero", "pattern", "unique", "tokens")
+UNIQUE_BASE = 2**40
+UNIQUE_SEED_STRIDE = 10_000_000
+
+
+def _fail(msg: str, *sub: str | int) -> None:
+    """Raise a validation error at key path ``sub`` below the object being validated."""
+    raise PydanticCustomError("scenario", "{msg}", {"msg": msg, "sub": tuple(sub)})
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+
+Name = Annotated[str, Field(min_length=1)]
+Token = Annotated[int, Field(ge=0, le=U64_MAX)]
+PageIndex = Annotated[int, Field(ge=0)]
+
+
+# --------------------------------------------------------------------------- fills
+
+
+class ZeroFill(_Model):
+    """Every page holds token 0 (4096 zero bytes, still allocated)."""
+
+    kind: Literal["zero"] = "zero"
+
+    def token(self, i: int) -> int:
+        return 0
+
+    def page_tokens(self, n_pages: int) -> list[int]:
+        return [0] * n_pages
+
+
+class PatternFill(_Model):
+    """Page i holds ``(i % distinct) + 1 + offset``."""
+
+    kind: Literal["pattern"] = "pattern"
+    distinct: Annotated[int, Field(ge=1)]
+    offset: Annotated[int, Field(ge=0)] = 0
+
+    def token(self, i: int) -> int:
+        return (i % self.distinct) + 1 + self.offset
+
+    def page_tokens(self, n_pages: int) -> list[int]:
+        return [self.token(i) for i in range(n_pages)]
+
+
+class UniqueFill(_Model):
+    """Page i holds ``2**40 + seed * 10_000_000 + i`` (distinct seeds give disjoint pages)."""
+
+    kind: Literal["unique"] = "unique"
+    seed: Annotated[int, Field(ge=0)] = 0
+
+    def token(self, i: int) -> int:
+        return UNIQUE_BASE + self.seed * UNIQUE_SEED_STRIDE + i
+
+    def page_tokens(self, n_pages: int) -> list[int]:
+        base = UNIQUE_BASE + self.seed * UNIQUE_SEED_STRIDE
+        return list(range(base, base + n_pages))
+
+
+class TokensFill(_Model):
+    """Page i holds ``tokens[i]`` (exactly one token per page)."""
+
+    kind: Literal["tokens"] = "tokens"
+    tokens: list[Token]
+
+    def token(self, i: int) -> int:
+        return self.tokens[i]
+
+    def page_tokens(self, n_pages: int) -> list[int]:
+        return list(self.tokens[:n_pages])
+
+
+FillCfg = Annotated[Union[ZeroFill, PatternFill, UniqueFill, TokensFill], Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------- machine, model
+
+
+def _check_mthp(kb: int) -> int:
+    if not 8 <= kb <= 2048 or kb & (kb - 1):
+        raise ValueError(f"must be a power of two between 8 and 2048 (got {kb})")
+    return kb
+
+
+class MachineCfg(_Model):
+    """``[machine]``: numa_nodes (model only), thp (None = leave the machine's setting),
+    mthp_kb (extra large-folio sizes in KiB to enable, each a power of two in 8..2048)."""
+
+    numa_nodes: Annotated[int, Field(ge=1, le=64)] = 1
+    thp: Literal["always", "madvise", "never"] | None = None
+    mthp_kb: list[Annotated[int, AfterValidator(_check_mthp)]] = Field(default_factory=list)
+
+    @field_validator("mthp_kb")
+    @classmethod
+    def _unique_sizes(cls, sizes: list[int]) -> list[int]:
+        for i, kb in enumerate(sizes):
+            if kb in sizes[:i]:
+                _fail(f"duplicate size {kb}", i)
+        return sizes
+
+
+class ModelCfg(_Model):
+    """``[model]``: options of the model only (the kernel harness ignores them).
+
+    same_folio: how a merge of two pages of the same large folio is handled (ksm-spec §5):
+    "v6.18" (current code), "early-put" (drop the tree_page reference first) or "split-retry"
+    (split, then retry the unstable-tree search); split_zero_remap: a THP split remaps its
+    zero-filled subpages to the shared zero page (ksm-spec §4.11.4).
+    """
+
+    same_folio: Literal["v6.18", "early-put", "split-retry"] = "v6.18"
+    split_zero_remap: bool = True
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class RegionCfg(_Model):
+    """``[[process.region]]``: one mapping of ``pages`` 4 KiB pages.
+
+    thp: "huge" (MADV_HUGEPAGE, 2 MiB aligned), "nohuge" (MADV_NOHUGEPAGE) or "default";
+    mergeable (default true): MADV_MERGEABLE at set-up; fill: the initial page contents.
+    """
+
+    name: Name
+    pages: Annotated[int, Field(ge=1)]
+    thp: Literal["huge", "nohuge", "default"] = "default"
+    mergeable: bool = True
+    fill: FillCfg
+
+    @model_validator(mode="after")
+    def _check_fill(self) -> RegionCfg:
+        f, n = self.fill, self.pages
+        if isinstance(f, TokensFill) and len(f.tokens) != n:
+            _fail(f"must have exactly {n} entries, one per page (got {len(f.tokens)})", "fill", "tokens")
+        if isinstance(f, PatternFill) and min(f.distinct, n) + f.offset > U64_MAX:
+            _fail("largest token exceeds 2**64-1", "fill", "offset")
+        if isinstance(f, UniqueFill) and f.token(n - 1) > U64_MAX:
+            _fail("largest token exceeds 2**64-1", "fill", "seed")
+        return self
+
+    def tokens(self) -> list[int]:
+        """The token of every page of the region, by the fill rules."""
+        return self.fill.page_tokens(self.pages)
+
+
+class ProcessCfg(_Model):
+    """``[[process]]``: merge_any = prctl(PR_SET_MEMORY_MERGE, 1) before mapping anything;
+    numa_node (model only) must be < machine.numa_nodes; regions may be empty."""
+
+    name: Name
+    merge_any: bool = False
+    numa_node: Annotated[int, Field(ge=0)] = 0
+    regions: list[RegionCfg] = Field(default_factory=list, alias="region")
+
+    @model_validator(mode="after")
+    def _unique_regions(self) -> ProcessCfg:
+        seen: set[str] = set()
+        for j, r in enumerate(self.regions):
+            if r.name in seen:
+                _fail(f"duplicate region name {_show(r.name)} in process {_show(self.name)}", "region", j, "name")
+            seen.add(r.name)
+        return self
+
+
+# --------------------------------------------------------------------------- events
+
+EVENT_OPS = ("write", "zap", "mergeable", "unmergeable", "munmap", "fork", "exit", "merge_any", "set")
+_EVENT_KEYS = ("region", "pages", "range", "token", "child", "value", "tunable")
+#: op -> required keys; "pages|range" means exactly one of the two.
+OP_KEYS: dict[str, tuple[str, ...]] = {
+    "write": ("region", "pages|range", "token"),
+    "zap": ("region", "pages|range"),
+    "mergeable": ("region",),
+    "unmergeable": ("region",),
+    "munmap": ("region",),
+    "fork": ("child",),
+    "exit": (),
+    "merge_any": ("value",),
+    "set": ("tunable", "value"),
+}
+
+
+class EventCfg(_Model):
+    """``[[event]]``: applied after batch ``after_batch`` (1-based) while ksmd sleeps.
+
+    Events with the same after_batch apply in file order. ``range`` is [start, stop).
+    For ``set``, ``value`` is normalised (booleans become 0/1).
+    """
+
+    after_batch: Annotated[int, Field(ge=1)]
+    process: Name
+    op: Literal["write", "zap", "mergeable", "unmergeable", "munmap", "fork", "exit", "merge_any", "set"]
+    region: Name | None = None
+    pages: Annotated[list[PageIndex], Field(min_length=1)] | None = None
+    range: Annotated[list[PageIndex], Field(min_length=2, max_length=2)] | None = None
+    token: Token | None = None
+    child: Name | None = None
+    value: Any = None
+    tunable: str | None = None
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _value_type(cls, v: Any) -> Any:
+        if v is not None and not isinstance(v, (bool, int, str)):
+            raise PydanticCustomError("scenario", "{msg}", {"msg": f"must be a boolean, an integer or a string (got {_show(v)})", "sub": ()})
+        return v
+
+    @model_validator(mode="after")
+    def _check_op(self) -> EventCfg:
+        op = self.op
+        required = OP_KEYS[op]
+        allowed = {k for spec in required for k in spec.split("|")}
+        for key in _EVENT_KEYS:
+            if getattr(self, key) is not None and key not in allowed:
+                _fail(f"not allowed for op '{op}'", key)
+        for spec in required:
+            if spec == "pages|range":
+                if self.pages is not None and self.range is not None:
+                    _fail("give either pages or range, not both", "range")
+                if self.pages is None and self.range is None:
+                    _fail(f"required for op '{op}' (or range)", "pages")
+            elif getattr(self, spec) is None:
+                _fail(f"required for op '{op}'", spec)
+        if self.range is not None and self.range[0] >= self.range[1]:
+            _fail(f"start must be < stop (got [{self.range[0]}, {self.range[1]}])", "range")
+        if op == "merge_any" and not isinstance(self.value, bool):
+            _fail(f"must be a boolean (got {_show(self.value)})", "value")
+        if op == "set":
+            try:
+                self.value = check_tunable(self.tunable, self.value, in_ksm_table=False)
+            except TunableError as e:
+                _fail(e.msg, "tunable" if e.part == "name" else "value")
+        return self
+
+    def page_indices(self, n_pages: int) -> list[int]:
+        """The pages this event touches: ``pages``, or ``range(start, stop)``, or the whole
+        region (``range(n_pages)``) when the op takes neither. Raises ValueError if an index
+        is not below n_pages."""
+        if self.pages is not None:
+            idx = list(self.pages)
+        elif self.range is not None:
+            idx = list(range(self.range[0], self.range[1]))
+        else:
+            idx = list(range(n_pages))
+        bad = [i for i in idx if not 0 <= i < n_pages]
+        if bad:
+            raise ValueError(f"page {bad[0]} is outside the region ({n_pages} pages)")
+        return idx
+
+
+class RunCfg(_Model):
+    """``[run]``: how many ksmd batches to record."""
+
+    batches: Annotated[int, Field(ge=1)]
+
+
+# --------------------------------------------------------------------------- scenario
+
+
+def _check_ksm_table(table: Any) -> dict[str, int | str]:
+    if not isinstance(table, dict):
+        _fail(f"must be a table (got {_show(table)})")
+    out: dict[str, int | str] = {}
+    for name, value in table.items():
+        try:
+            out[name] = check_tunable(name, value, in_ksm_table=True)
+        except TunableError as e:
+            _fail(e.msg, name)
+    if out.get("advisor_mode") == "scan-time" and "pages_to_scan" in out:
+        _fail('cannot be combined with advisor_mode = "scan-time" (the advisor sets pages_to_scan; '
+              "use advisor_min_pages_to_scan)", "pages_to_scan")
+    return out
+
+
+class Scenario(_Model):
+    """A whole scenario file. ``path`` is set by load_scenario (not a TOML key).
+
+    ``ksm`` holds the ``[ksm]`` table in file order, normalised (booleans become 0/1);
+    ``run`` is not allowed there. ``events`` are in file order; use sorted_events() or
+    events_after() for the order they apply in.
+    """
+
+    path: str | None = None
+    name: str | None = None
+    description: str | None = None
+    ksm: dict[str, int | str] = Field(default_factory=dict)
+    machine: MachineCfg = Field(default_factory=MachineCfg)
+    model: ModelCfg = Field(default_factory=ModelCfg)
+    processes: list[ProcessCfg] = Field(default_factory=list, alias="process")
+    events: list[EventCfg] = Field(default_factory=list, alias="event")
+    run: RunCfg
+
+    _process_order: list[str] = PrivateAttr(default_factory=list)
+    _regions: dict[str, dict[str, RegionCfg]] = PrivateAttr(default_factory=dict)
+    _parent: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @field_validator("ksm", mode="before")
+    @classmethod
+    def _ksm(cls, table: Any) -> dict[str, int | str]:
+        return _check_ksm_table(table)
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> Scenario:
+        names: set[str] = set()
+        regions: dict[str, dict[str, RegionCfg]] = {}
+        for i, p in enumerate(self.processes):
+            if p.name in names:
+                _fail(f"duplicate process name {_show(p.name)}", "process", i, "name")
+            if p.numa_node >= self.machine.numa_nodes:
+                _fail(f"must be < machine.numa_nodes = {self.machine.numa_nodes} (got {p.numa_node})",
+                      "process", i, "numa_node")
+            names.add(p.name)
+            regions[p.name] = {r.name: r for r in p.regions}
+        for k, ev in enumerate(self.events):
+            if ev.after_batch > self.run.batches:
+                _fail(f"must be <= run.batches = {self.run.batches} (got {ev.after_batch})",
+                      "event", k, "after_batch")
+
+        order = self._sorted_indexed()
+        forked_by: dict[str, int] = {}
+        for k, ev in order:
+            if ev.op == "fork":
+                forked_by.setdefault(ev.child, k)
+        process_order = [p.name for p in self.processes]
+        created = {n: dict(r) for n, r in regions.items()}
+        parent: dict[str, str] = {}
+        alive = set(names)
+        exited_by: dict[str, int] = {}
+        unmapped_by: dict[tuple[str, str], int] = {}
+        advisor = self.ksm.get("advisor_mode", "none")
+        for k, ev in order:
+            p = ev.process
+            if p not in alive:
+                if p in exited_by:
+                    j = exited_by[p]
+                    msg = f"process {_show(p)} has exited (event[{j}], after batch {self.events[j].after_batch})"
+                elif p in forked_by:
+                    j = forked_by[p]
+                    msg = (f"process {_show(p)} does not exist yet: event[{j}] forks it "
+                           f"after batch {self.events[j].after_batch}")
+                else:
+                    msg = f"unknown process {_show(p)}"
+                _fail(msg, "event", k, "process")
+            mapped = regions[p]
+            if ev.region is not None:
+                r = mapped.get(ev.region)
+                if r is None:
+                    if (p, ev.region) in unmapped_by:
+                        msg = (f"region {_show(ev.region)} of process {_show(p)} was unmapped "
+                               f"by event[{unmapped_by[p, ev.region]}]")
+                    else:
+                        msg = f"process {_show(p)} has no region {_show(ev.region)}"
+                    _fail(msg, "event", k, "region")
+                if ev.pages is not None:
+                    for i in ev.pages:
+                        if i >= r.pages:
+                            _fail(f"page {i} is outside region {_show(r.name)} ({r.pages} pages)",
+                                  "event", k, "pages")
+                if ev.range is not None and ev.range[1] > r.pages:
+                    _fail(f"range [{ev.range[0]}, {ev.range[1]}) is outside region {_show(r.name)} "
+                          f"({r.pages} pages)", "event", k, "range")
+            if ev.op == "munmap":
+                del mapped[ev.region]
+                unmapped_by[p, ev.region] = k
+            elif ev.op == "fork":
+                c = ev.child
+                if c in names:
+                    _fail(f"process name {_show(c)} is already used", "event", k, "child")
+                names.add(c)
+                alive.add(c)
+                regions[c] = dict(mapped)
+                created[c] = dict(mapped)
+                parent[c] = p
+                process_order.append(c)
+            elif ev.op == "exit":
+                alive.discard(p)
+                exited_by[p] = k
+            elif ev.op == "set":
+                if ev.tunable == "pages_to_scan" and advisor == "scan-time":
+                    _fail('pages_to_scan cannot be written while advisor_mode is "scan-time" '
+                          "(the kernel returns EINVAL)", "event", k, "tunable")
+                if ev.tunable == "advisor_mode":
+                    advisor = ev.value
+        self._process_order = process_order
+        self._regions = created
+        self._parent = parent
+        return self
+
+    # ------------------------------------------------------------------ helpers
+
+    def _sorted_indexed(self) -> list[tuple[int, EventCfg]]:
+        return sorted(enumerate(self.events), key=lambda t: t[1].after_batch)
+
+    def sorted_events(self) -> list[EventCfg]:
+        """Events in the order they apply: by after_batch, then file order."""
+        return [ev for _, ev in self._sorted_indexed()]
+
+    def events_after(self, batch: int) -> list[EventCfg]:
+        """The events to apply after batch ``batch`` (1-based), in file order."""
+        return [ev for ev in self.events if ev.after_batch == batch]
+
+    def process_names(self) -> list[str]:
+        """Every process name: the [[process]] ones in file order, then forked children in
+        the order they are created."""
+        return list(self._process_order)
+
+    def find_process(self, name: str) -> ProcessCfg | None:
+        """The [[process]] table called ``name`` (None for forked children and unknown names)."""
+        return next((p for p in self.processes if p.name == name), None)
+
+    def parent_of(self, name: str) -> str | None:
+        """The process a forked child was forked from (None if not a forked child)."""
+        return self._parent.get(name)
+
+    def find_region(self, process_name: str, region_name: str) -> RegionCfg | None:
+        """The region ``region_name`` of a process as it exists when the process is created
+        (a forked child has the regions its parent still had mapped at the fork), or None."""
+        return self._regions.get(process_name, {}).get(region_name)
+
