@@ -1,0 +1,1200 @@
+"""The KSM engine: Linux 6.18 ``mm/ksm.c`` over the model's memory manager.
+
+Functions keep the kernel's names and order of operations so the model can be read beside
+the C: ``ksm_do_scan``, ``scan_get_next_rmap_item``, ``get_next_rmap_item``,
+``should_skip_rmap_item``, ``cmp_and_merge_page``, ``try_to_merge_with_zero_page``,
+``stable_tree_search``, ``stable_tree_insert``, ``stable_tree_append``,
+``stable_node_dup``/``__stable_node_chain``, ``ksm_get_folio``,
+``remove_node_from_stable_tree``, ``remove_rmap_item_from_tree``,
+``remove_trailing_rmap_items``, ``unstable_tree_search_insert``, ``get_mergeable_page``,
+``find_mergeable_vma``, ``try_to_merge_two_pages``, ``try_to_merge_with_ksm_page``,
+``try_to_merge_one_page``, ``write_protect_page``, ``replace_page``, ``break_cow``,
+``break_ksm``, ``__ksm_enter``, ``__ksm_exit``, ``ksm_fork``, ``ksm_madvise``,
+``ksm_enable_merge_any``/``ksm_disable_merge_any``, ``unmerge_and_remove_all_rmap_items``,
+``remove_all_stable_nodes`` and the sysfs stores (in ``samepage.ksm.sysfs``).
+
+A page is named by its pfn; ``mem.page_folio[pfn]`` is ``page_folio(page)``.  Locks that
+only serialise concurrent kernel threads are not modelled (the model is sequential), but the
+folio lock, references and every check that depends on them are.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from samepage.mm.content import PAGE_SHIFT, PAGE_SIZE
+from samepage.mm.folio import (PAGE_ANON_EXCLUSIVE, PG_ANON, PG_DIRTY, PG_FREED, PG_KSM,
+                               PG_SWAPCACHE, ZERO_PFN, KSM_NO_NODE, Memory)
+from samepage.mm.hooks import KsmHooks
+from samepage.mm.mm import (FAULT_FLAG_UNSHARE, MADV_MERGEABLE, MADV_UNMERGEABLE,
+                            MMF_VM_MERGE_ANY, MMF_VM_MERGEABLE, PTE_DIRTY, PTE_PMD,
+                            PTE_SPECIAL, PTE_WRITE, VM_DROPPABLE, VM_HUGETLB, VM_MAYSHARE,
+                            VM_MERGEABLE, VM_SHARED, VM_SPECIAL, MM, Vma)
+
+from .checksum import ZERO_CHECKSUM, calc_checksum_content
+from .costs import DEFAULT_COSTS, CostModel
+from .rbtree import (RbRoot, rb_erase, rb_insert_color, rb_link_node, rb_replace_node)
+from .structs import (MIGRATE_NODES, PAGE_MASK, RMAP_ITEM_SIZE, SEQNR_MASK, STABLE_FLAG,
+                      STABLE_NODE_CHAIN, STABLE_NODE_DUP_HEAD, UNSTABLE_FLAG, KsmScan,
+                      MmSlot, RmapItem, StableNode)
+
+KSM_RUN_STOP = 0
+KSM_RUN_MERGE = 1
+KSM_RUN_UNMERGE = 2
+
+KSM_GET_FOLIO_NOLOCK = 0
+KSM_GET_FOLIO_LOCK = 1
+KSM_GET_FOLIO_TRYLOCK = 2
+
+
+class _ErrBusy:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ERR_PTR(-EBUSY)"
+
+
+ERR_BUSY = _ErrBusy()
+EFAULT = -errno.EFAULT
+
+
+def _anon_root(av):
+    while av is not None and av.parent is not None:
+        av = av.parent
+    return av
+
+
+class Ksm(KsmHooks):
+    """All of KSM's global state (the statics of mm/ksm.c) and its functions."""
+
+    def __init__(self, mem: Memory, costs: CostModel | None = None):
+        self.mem = mem
+        mem.ksm = self
+        self.costs = costs or DEFAULT_COSTS
+        # tunables (sysfs), with the kernel's defaults
+        self.ksm_run = KSM_RUN_STOP
+        self.ksm_thread_pages_to_scan = 100
+        self.ksm_thread_sleep_millisecs = 20
+        self.ksm_max_page_sharing = 256
+        self.ksm_stable_node_chains_prune_millisecs = 2000
+        self.ksm_merge_across_nodes = 1
+        self.ksm_nr_node_ids = 1
+        self.ksm_use_zero_pages = False
+        self.ksm_smart_scan = True
+        self.ksm_advisor = "none"
+        self.ksm_advisor_max_cpu = 70
+        self.ksm_advisor_target_scan_time = 200
+        self.ksm_advisor_min_pages_to_scan = 500
+        self.ksm_advisor_max_pages_to_scan = 30000
+        # statistics
+        self.ksm_pages_scanned = 0
+        self.ksm_pages_shared = 0
+        self.ksm_pages_sharing = 0
+        self.ksm_pages_unshared = 0
+        self.ksm_rmap_items = 0
+        self.ksm_stable_node_chains = 0
+        self.ksm_stable_node_dups = 0
+        self.ksm_pages_skipped = 0
+        self.ksm_zero_pages = 0
+        # trees, lists, cursor
+        self.root_stable_tree = [RbRoot()]
+        self.root_unstable_tree = [RbRoot()]
+        self.migrate_nodes: list[StableNode] = []
+        self.mm_list: list[MmSlot] = []          # ksm_mm_head's list, in scan order
+        self.mm_slots_hash: dict[int, MmSlot] = {}
+        self.ksm_scan = KsmScan()
+        # simulated time
+        self.clock_ns = 0                        # jiffies source
+        self.cpu_ns = 0.0                        # ksmd's accumulated CPU time
+        self.advisor_ctx = {"start_scan": 0, "scan_time": 0, "change": 0, "cpu_time": 0}
+        # instrumentation
+        self.merge_failures: dict[str, int] = {}
+        self.record_failures = True
+
+    # ------------------------------------------------------------------------------------
+    # helpers
+    def jiffies_ms(self) -> int:
+        return self.clock_ns // 1_000_000
+
+    def get_kpfn_nid(self, kpfn: int) -> int:
+        return 0 if self.ksm_merge_across_nodes else self.mem.pfn_to_nid(kpfn)
+
+    def _fail(self, where: str) -> None:
+        if self.record_failures:
+            self.merge_failures[where] = self.merge_failures.get(where, 0) + 1
+
+    def folio_stable_node(self, folio):
+        """The stable node of a KSM folio, None otherwise (also for a NULL-node KSM folio)."""
+        if folio.flags & PG_KSM:
+            node = folio.mapping
+            return None if node is KSM_NO_NODE else node
+        return None
+
+    def folio_set_stable_node(self, folio, node) -> None:
+        folio.flags |= PG_KSM | PG_ANON
+        folio.mapping = KSM_NO_NODE if node is None else node
+
+    def memcmp_pages(self, a: int, b: int) -> int:
+        self.cpu_ns += self.costs.memcmp_ns
+        pc = self.mem.page_content
+        x = pc[a]
+        y = pc[b]
+        if x.__class__ is int and y.__class__ is int:
+            return (x > y) - (x < y)
+        from samepage.mm.content import memcmp_contents
+        return memcmp_contents(x, y)
+
+    def pages_identical(self, a: int, b: int) -> bool:
+        return self.memcmp_pages(a, b) == 0
+
+    def calc_checksum(self, pfn: int) -> int:
+        self.cpu_ns += self.costs.checksum_ns
+        return calc_checksum_content(self.mem.page_content[pfn])
+
+    # ------------------------------------------------------------------------------------
+    # mm slots
+    def __ksm_enter(self, mm: MM) -> int:
+        slot = MmSlot(mm)
+        was_empty = not self.mm_list
+        self.mm_slots_hash[id(mm)] = slot
+        if self.ksm_run & KSM_RUN_UNMERGE or self.ksm_scan.mm_slot is None:
+            self.mm_list.append(slot)
+        else:
+            # behind the cursor: first visited by the next full scan
+            self.mm_list.insert(self.mm_list.index(self.ksm_scan.mm_slot), slot)
+        mm.flags |= MMF_VM_MERGEABLE
+        del was_empty  # ksmd is woken; the model's ksmd polls ksmd_should_run()
+        return 0
+
+    ksm_enter = __ksm_enter
+
+    def _slot_next(self, slot: MmSlot):
+        i = self.mm_list.index(slot) + 1
+        return self.mm_list[i] if i < len(self.mm_list) else None
+
+    def _slot_del(self, slot: MmSlot) -> None:
+        self.mm_slots_hash.pop(id(slot.mm), None)
+        self.mm_list.remove(slot)
+
+    def __ksm_exit(self, mm: MM) -> None:
+        slot = self.mm_slots_hash.get(id(mm))
+        easy_to_free = False
+        if slot is not None and self.ksm_scan.mm_slot is not slot:
+            if not slot.rmap_list:
+                self._slot_del(slot)
+                easy_to_free = True
+            else:
+                # move right after the cursor so ksmd frees its items soon
+                self.mm_list.remove(slot)
+                cur = self.ksm_scan.mm_slot
+                pos = 0 if cur is None else self.mm_list.index(cur) + 1
+                self.mm_list.insert(pos, slot)
+        if easy_to_free:
+            mm.flags &= ~(MMF_VM_MERGE_ANY | MMF_VM_MERGEABLE)
+
+    # --- hooks called by the memory manager -------------------------------------------------
+    def ksm_exit(self, mm: MM) -> None:
+        if mm.flags & MMF_VM_MERGEABLE:
+            self.__ksm_exit(mm)
+
+    def ksm_fork(self, mm: MM, oldmm: MM) -> None:
+        if oldmm.flags & MMF_VM_MERGEABLE:
+            mm.ksm_merging_pages = 0
+            mm.ksm_rmap_items = 0
+            self.ksm_zero_pages += mm.ksm_zero_pages
+            self.__ksm_enter(mm)
+
+    def ksm_execve(self, mm: MM) -> None:
+        if mm.flags & MMF_VM_MERGE_ANY:
+            self.__ksm_enter(mm)
+
+    def ksm_might_unmap_zero_page(self, mm: MM, ptef: int) -> None:
+        if ptef & PTE_SPECIAL and ptef & PTE_DIRTY:       # is_ksm_zero_pte
+            self.ksm_zero_pages -= 1
+            mm.ksm_zero_pages -= 1
+
+    @staticmethod
+    def ksm_compatible(vma: Vma) -> bool:
+        if vma.flags & (VM_SHARED | VM_MAYSHARE | VM_SPECIAL | VM_HUGETLB | VM_DROPPABLE):
+            return False
+        if vma.file is not None and getattr(vma.file, "dax", False):
+            return False
+        return True
+
+    def ksm_vma_flags(self, mm: MM, vma: Vma) -> None:
+        if mm.flags & MMF_VM_MERGE_ANY and self.ksm_compatible(vma):
+            vma.flags |= VM_MERGEABLE
+            if not mm.flags & MMF_VM_MERGEABLE:
+                self.__ksm_enter(mm)
+
+    def ksm_madvise(self, vma: Vma, start: int, end: int, advice: int) -> int:
+        mm = vma.mm
+        if advice == MADV_MERGEABLE:
+            if vma.flags & VM_MERGEABLE:
+                return 0
+            if not self.ksm_compatible(vma):
+                return 0
+            if not mm.flags & MMF_VM_MERGEABLE:
+                err = self.__ksm_enter(mm)
+                if err:
+                    return err
+            vma.flags |= VM_MERGEABLE
+            return 0
+        if advice == MADV_UNMERGEABLE:
+            if not vma.flags & VM_MERGEABLE:
+                return 0
+            if vma.anon_vma is not None:
+                err = self.break_ksm(vma, start, end)
+                if err:
+                    return err
+            vma.flags &= ~VM_MERGEABLE
+            return 0
+        return -errno.EINVAL
+
+    def __ksm_add_vma(self, vma: Vma) -> None:
+        if not vma.flags & VM_MERGEABLE and self.ksm_compatible(vma):
+            vma.flags |= VM_MERGEABLE
+
+    def __ksm_del_vma(self, vma: Vma) -> int:
+        if not vma.flags & VM_MERGEABLE:
+            return 0
+        if vma.anon_vma is not None:
+            err = self.break_ksm(vma, vma.start, vma.end)
+            if err:
+                return err
+        vma.flags &= ~VM_MERGEABLE
+        return 0
+
+    def ksm_enable_merge_any(self, mm: MM) -> int:
+        if mm.flags & MMF_VM_MERGE_ANY:
+            return 0
+        if not mm.flags & MMF_VM_MERGEABLE:
+            err = self.__ksm_enter(mm)
+            if err:
+                return err
+        mm.flags |= MMF_VM_MERGE_ANY
+        for vma in mm.vmas:
+            self.__ksm_add_vma(vma)
+        return 0
+
+    def ksm_disable_merge_any(self, mm: MM) -> int:
+        if not mm.flags & MMF_VM_MERGE_ANY:
+            return 0
+        for vma in mm.vmas:
+            err = self.__ksm_del_vma(vma)
+            if err:
+                for v in mm.vmas:
+                    self.__ksm_add_vma(v)
+                return err
+        mm.flags &= ~MMF_VM_MERGE_ANY
+        return 0
+
+    # ------------------------------------------------------------------------------------
+    # unmerging
+    def break_ksm(self, vma: Vma, start: int, end: int) -> int:
+        """Unshare every KSM page and KSM zero page mapped in [start, end) of ``vma``."""
+        mm = vma.mm
+        mem = self.mem
+        pf = mem.page_folio
+        lo = max(0, (start - vma.start) >> PAGE_SHIFT)
+        hi = min(vma.nr_pages, (end - vma.start) >> PAGE_SHIFT)
+        pte, ptef = vma.pte, vma.ptef
+        for i in range(lo, hi):
+            if mm.mm_users == 0:
+                return 0
+            pfn = pte[i]
+            if pfn < 0:
+                continue
+            f = ptef[i]
+            if f & PTE_SPECIAL:
+                if not f & PTE_DIRTY:
+                    continue
+            elif not pf[pfn].flags & PG_KSM:
+                continue
+            mm.handle_mm_fault(vma, vma.start + (i << PAGE_SHIFT), FAULT_FLAG_UNSHARE)
+        return 0
+
+    def break_cow(self, item: RmapItem) -> None:
+        item.anon_vma = None                       # put_anon_vma
+        vma = self.find_mergeable_vma(item.mm, item.address)
+        if vma is not None:
+            addr = item.address & PAGE_MASK
+            self.break_ksm(vma, addr, addr + PAGE_SIZE)
+
+    # ------------------------------------------------------------------------------------
+    # stable nodes
+    def free_stable_node(self, node: StableNode) -> None:
+        node.freed = True
+
+    def __stable_node_dup_del(self, dup: StableNode) -> None:
+        dup.chain.hlist.remove(dup)
+        dup.chain = None
+        self.ksm_stable_node_dups -= 1
+
+    def stable_node_dup_del(self, dup: StableNode) -> None:
+        if dup.head is STABLE_NODE_DUP_HEAD:
+            self.__stable_node_dup_del(dup)
+        else:
+            rb_erase(dup, self.root_stable_tree[dup.nid if not self.ksm_merge_across_nodes else 0])
+
+    def stable_node_chain_add_dup(self, dup: StableNode, chain: StableNode) -> None:
+        dup.head = STABLE_NODE_DUP_HEAD
+        dup.chain = chain
+        chain.hlist.insert(0, dup)
+        self.ksm_stable_node_dups += 1
+
+    def alloc_stable_node_chain(self, dup: StableNode, root: RbRoot) -> StableNode:
+        chain = StableNode(0, dup.nid)
+        chain.chain_prune_time = self.jiffies_ms()
+        chain.rmap_hlist_len = STABLE_NODE_CHAIN
+        self.ksm_stable_node_chains += 1
+        rb_replace_node(dup, chain, root)
+        self.stable_node_chain_add_dup(dup, chain)
+        return chain
+
+    def free_stable_node_chain(self, chain: StableNode, root: RbRoot) -> None:
+        rb_erase(chain, root)
+        self.free_stable_node(chain)
+        self.ksm_stable_node_chains -= 1
+
+    def remove_node_from_stable_tree(self, node: StableNode) -> None:
+        n = len(node.hlist)
+        for item in node.hlist:
+            item.mm.ksm_merging_pages -= 1
+            item.anon_vma = None
+            item.address &= PAGE_MASK
+        if n:
+            self.ksm_pages_sharing -= n - 1
+            self.ksm_pages_shared -= 1
+        node.rmap_hlist_len -= n
+        node.hlist = []
+        if node.head is MIGRATE_NODES:
+            self.migrate_nodes.remove(node)
+        else:
+            self.stable_node_dup_del(node)
+        self.free_stable_node(node)
+
+    def ksm_get_folio(self, node: StableNode, flags: int):
+        """Validate the keyhole reference of ``node``: its KSM folio with a reference (and
+        lock), None after removing a stale node, or ERR_BUSY for a failed trylock."""
+        mem = self.mem
+        folio = mem.page_folio[node.kpfn]
+        if folio is None or folio.mapping is not node:
+            self.remove_node_from_stable_tree(node)
+            return None
+        if not mem.folio_try_get(folio):
+            self.remove_node_from_stable_tree(node)
+            return None
+        if flags == KSM_GET_FOLIO_TRYLOCK:
+            if not mem.folio_trylock(folio):
+                mem.folio_put(folio)
+                return ERR_BUSY
+        elif flags == KSM_GET_FOLIO_LOCK:
+            mem.folio_lock(folio)
+        return folio
+
+    def is_page_sharing_candidate(self, node: StableNode, offset: int = 0) -> bool:
+        n = node.rmap_hlist_len
+        return n != 0 and n + offset < self.ksm_max_page_sharing
+
+    def stable_node_dup(self, chain: StableNode, root: RbRoot, prune: bool):
+        """Pick a dup of ``chain``: returns (dup, folio, node) where ``node`` is the chain or,
+        if the chain collapsed, the dup that replaced it."""
+        mem = self.mem
+        now = self.jiffies_ms()
+        if not prune or now < chain.chain_prune_time + self.ksm_stable_node_chains_prune_millisecs:
+            prune = False
+        else:
+            chain.chain_prune_time = now
+        found = None
+        found_len = 0
+        tree_folio = None
+        maxps = self.ksm_max_page_sharing
+        for dup in list(chain.hlist):
+            folio = self.ksm_get_folio(dup, KSM_GET_FOLIO_NOLOCK)
+            if folio is None:
+                continue
+            dl = dup.rmap_hlist_len
+            if found is None or (dl != 0 and dl < maxps and (
+                    not (found.rmap_hlist_len != 0 and found.rmap_hlist_len < maxps)
+                    or dl > found_len)):
+                if found is not None:
+                    mem.folio_put(tree_folio)
+                found = dup
+                found_len = dl
+                tree_folio = folio
+                if not prune and self.is_page_sharing_candidate(found):
+                    break
+                continue
+            mem.folio_put(folio)
+        node = chain
+        if found is not None:
+            if len(chain.hlist) == 1:
+                # only one dup left: the chain collapses back into a regular node
+                rb_replace_node(chain, found, root)
+                found.head = None
+                found.chain = None
+                chain.hlist = []
+                self.free_stable_node(chain)
+                self.ksm_stable_node_chains -= 1
+                self.ksm_stable_node_dups -= 1
+                node = found
+            elif chain.hlist[0] is not found and self.is_page_sharing_candidate(found, 1):
+                chain.hlist.remove(found)
+                chain.hlist.insert(0, found)
+        else:
+            self.free_stable_node_chain(chain, root)
+        return found, tree_folio, node
+
+    def __stable_node_chain(self, node: StableNode, root: RbRoot, prune: bool):
+        """Returns (dup, folio, node) like ``__stable_node_chain(&dup, &node, root, prune)``."""
+        if node.rmap_hlist_len != STABLE_NODE_CHAIN:
+            return node, self.ksm_get_folio(node, KSM_GET_FOLIO_NOLOCK), node
+        return self.stable_node_dup(node, root, prune)
+
+    def stable_tree_search(self, page: int):
+        """Find a KSM page with the content of ``page``: folio (with a reference), None,
+        or ERR_BUSY."""
+        mem = self.mem
+        folio = mem.page_folio[page]
+        page_node = self.folio_stable_node(folio)
+        if page_node is not None and page_node.head is not MIGRATE_NODES:
+            mem.folio_get(folio)             # KSM page forked
+            return folio
+        nid = self.get_kpfn_nid(folio.pfn)
+        root = self.root_stable_tree[nid]
+        pc = mem.page_content
+        content = pc[page]
+        memcmp_ns = self.costs.memcmp_ns
+        while True:                          # again:
+            cur = root.rb_node
+            restart = False
+            while cur is not None:
+                dup, tree_folio, node = self.__stable_node_chain(cur, root, True)
+                if tree_folio is None:
+                    restart = True
+                    break
+                self.cpu_ns += memcmp_ns
+                other = pc[dup.kpfn]
+                if content.__class__ is int and other.__class__ is int:
+                    ret = (content > other) - (content < other)
+                else:
+                    from samepage.mm.content import memcmp_contents
+                    ret = memcmp_contents(content, other)
+                mem.folio_put(tree_folio)
+                if ret < 0:
+                    cur = node.rb_left
+                elif ret > 0:
+                    cur = node.rb_right
+                else:
+                    if page_node is not None:
+                        raise NotImplementedError("migrated KSM pages are not modelled")
+                    if not self.is_page_sharing_candidate(dup):
+                        return None          # every dup is full: go to the unstable tree
+                    tree_folio = self.ksm_get_folio(dup, KSM_GET_FOLIO_TRYLOCK)
+                    if tree_folio is ERR_BUSY:
+                        return ERR_BUSY
+                    if tree_folio is None:
+                        restart = True
+                        break
+                    mem.folio_unlock(tree_folio)
+                    return tree_folio
+            if not restart:
+                break
+        if page_node is None:
+            return None
+        raise NotImplementedError("migrated KSM pages are not modelled")
+
+    def stable_tree_insert(self, kfolio):
+        mem = self.mem
+        kpfn = kfolio.pfn
+        nid = self.get_kpfn_nid(kpfn)
+        root = self.root_stable_tree[nid]
+        content = mem.page_content[kpfn]
+        while True:
+            parent = None
+            is_left = False
+            cur = root.rb_node
+            need_chain = False
+            restart = False
+            node = None
+            while cur is not None:
+                dup, tree_folio, node = self.__stable_node_chain(cur, root, False)
+                if tree_folio is None:
+                    restart = True
+                    break
+                self.cpu_ns += self.costs.memcmp_ns
+                from samepage.mm.content import memcmp_contents
+                ret = memcmp_contents(content, mem.page_content[dup.kpfn])
+                mem.folio_put(tree_folio)
+                parent = node
+                if ret < 0:
+                    cur = node.rb_left
+                    is_left = True
+                elif ret > 0:
+                    cur = node.rb_right
+                    is_left = False
+                else:
+                    need_chain = True
+                    break
+            if not restart:
+                break
+        self.cpu_ns += self.costs.stable_node_ns
+        new = StableNode(kpfn, nid)
+        if not need_chain:
+            rb_link_node(new, parent, is_left, root)
+            rb_insert_color(new, root)
+        else:
+            if node.rmap_hlist_len != STABLE_NODE_CHAIN:
+                node = self.alloc_stable_node_chain(node, root)
+            self.stable_node_chain_add_dup(new, node)
+        self.folio_set_stable_node(kfolio, new)
+        return new
+
+    def stable_tree_append(self, item: RmapItem, node: StableNode, bypass: bool) -> None:
+        assert node.rmap_hlist_len >= 0
+        node.rmap_hlist_len += 1
+        item.head = node
+        item.address |= STABLE_FLAG
+        had = bool(node.hlist)
+        node.hlist.append(item)
+        if had:
+            self.ksm_pages_sharing += 1
+        else:
+            self.ksm_pages_shared += 1
+        item.mm.ksm_merging_pages += 1
+
+    # ------------------------------------------------------------------------------------
+    # rmap_items
+    def remove_rmap_item_from_tree(self, item: RmapItem) -> None:
+        address = item.address
+        if address & STABLE_FLAG:
+            node = item.head
+            folio = self.ksm_get_folio(node, KSM_GET_FOLIO_LOCK)
+            if folio is None:
+                return                       # stale node: its removal cleaned this item
+            node.hlist.remove(item)
+            self.mem.folio_unlock(folio)
+            self.mem.folio_put(folio)
+            if node.hlist:
+                self.ksm_pages_sharing -= 1
+            else:
+                self.ksm_pages_shared -= 1
+            item.mm.ksm_merging_pages -= 1
+            node.rmap_hlist_len -= 1
+            item.anon_vma = None
+            item.head = None
+            item.address = address & PAGE_MASK
+        elif address & UNSTABLE_FLAG:
+            age = (self.ksm_scan.seqnr - address) & 0xFF
+            if age > 1:
+                raise AssertionError(f"BUG: unstable {item!r} of age {age}")
+            if age == 0:
+                rb_erase(item, self.root_unstable_tree[item.nid])
+            self.ksm_pages_unshared -= 1
+            item.address = address & PAGE_MASK
+
+    def free_rmap_item(self, item: RmapItem) -> None:
+        self.ksm_rmap_items -= 1
+        item.mm.ksm_rmap_items -= 1
+        item.mm = None
+
+    def remove_trailing_rmap_items(self, slot: MmSlot, index: int) -> None:
+        items = slot.rmap_list
+        if index >= len(items):
+            return
+        tail = items[index:]
+        del items[index:]
+        for item in tail:
+            self.remove_rmap_item_from_tree(item)
+            self.free_rmap_item(item)
+        self.cpu_ns += self.costs.rmap_alloc_ns * len(tail)
+
+    # ------------------------------------------------------------------------------------
+    # the scan
+    @staticmethod
+    def skip_age(age: int) -> int:
+        if age <= 3:
+            return 1
+        if age <= 5:
+            return 2
+        if age <= 8:
+            return 4
+        return 8
+
+    def should_skip_rmap_item(self, folio, item: RmapItem) -> bool:
+        if not self.ksm_smart_scan:
+            return False
+        if folio.flags & PG_KSM:
+            return False
+        age = item.age
+        if age != 255:
+            item.age = age + 1
+        if age < 3:
+            return False
+        if not item.remaining_skips:
+            item.remaining_skips = self.skip_age(age)
+            return False
+        self.ksm_pages_skipped += 1
+        item.remaining_skips -= 1
+        self.remove_rmap_item_from_tree(item)
+        return True
+
+    def scan_get_next_rmap_item(self):
+        """Returns (rmap_item, page) with a reference on the page's folio, or None."""
+        if not self.mm_list:
+            return None
+        scan = self.ksm_scan
+        mem = self.mem
+        slot = scan.mm_slot
+        if slot is None:
+            self.advisor_start_scan()
+            self.cpu_ns += self.costs.scan_start_ns
+            mem.lru_add_drain_all()
+            if not self.ksm_merge_across_nodes:
+                for node in list(self.migrate_nodes):
+                    f = self.ksm_get_folio(node, KSM_GET_FOLIO_NOLOCK)
+                    if f is not None:
+                        mem.folio_put(f)
+            for nid in range(self.ksm_nr_node_ids):
+                self.root_unstable_tree[nid].rb_node = None
+            if not self.mm_list:
+                return None
+            slot = scan.mm_slot = self.mm_list[0]
+            scan.address = 0
+            scan.rmap_index = 0
+        pf = mem.page_folio
+        costs = self.costs
+        while True:                                   # next_mm:
+            mm = slot.mm
+            exiting = mm.mm_users == 0
+            if not exiting:
+                for vma in mm.vmas:
+                    if vma.end <= scan.address:
+                        continue
+                    if not vma.flags & VM_MERGEABLE:
+                        continue
+                    if scan.address < vma.start:
+                        scan.address = vma.start
+                    if vma.anon_vma is None:
+                        scan.address = vma.end
+                        continue
+                    vstart = vma.start
+                    pte = vma.pte
+                    ptef = vma.ptef
+                    n = len(pte)
+                    i = (scan.address - vstart) >> PAGE_SHIFT
+                    while i < n:
+                        pfn = pte[i]
+                        if pfn >= 0 and not ptef[i] & PTE_SPECIAL:
+                            folio = pf[pfn]
+                            if folio.flags & PG_ANON:
+                                addr = vstart + (i << PAGE_SHIFT)
+                                folio.refcount += 1          # folio_get
+                                item = self.get_next_rmap_item(slot, addr)
+                                if self.ksm_smart_scan and self.should_skip_rmap_item(folio, item):
+                                    self.cpu_ns += costs.skip_ns
+                                    mem.folio_put(folio)
+                                    i += 1
+                                    continue
+                                scan.address = addr + PAGE_SIZE
+                                return item, pfn
+                        i += 1
+                    scan.address = vma.end
+            if exiting:
+                scan.address = 0
+                scan.rmap_index = 0
+            self.remove_trailing_rmap_items(slot, scan.rmap_index)
+            nxt = self._slot_next(slot)
+            scan.mm_slot = nxt
+            if scan.address == 0:
+                # no VM_MERGEABLE VMA (or the mm is exiting): forget this mm
+                self._slot_del(slot)
+                mm.flags &= ~MMF_VM_MERGEABLE        # 6.18 keeps MMF_VM_MERGE_ANY
+            if nxt is not None:
+                slot = nxt
+                scan.address = 0
+                scan.rmap_index = 0
+                continue
+            self.advisor_stop_scan()
+            scan.seqnr += 1
+            return None
+
+    def get_next_rmap_item(self, slot: MmSlot, addr: int) -> RmapItem:
+        scan = self.ksm_scan
+        items = slot.rmap_list
+        idx = scan.rmap_index
+        n = len(items)
+        j = idx
+        while j < n:
+            it = items[j]
+            a = it.address
+            if a & PAGE_MASK == addr:
+                break
+            if a > addr:
+                break
+            j += 1
+        if j > idx:
+            # items whose pages are gone: free them
+            stale = items[idx:j]
+            del items[idx:j]
+            for it in stale:
+                self.remove_rmap_item_from_tree(it)
+                self.free_rmap_item(it)
+            self.cpu_ns += self.costs.rmap_alloc_ns * len(stale)
+        if idx < len(items) and items[idx].address & PAGE_MASK == addr:
+            scan.rmap_index = idx + 1
+            return items[idx]
+        item = RmapItem(slot.mm, addr)
+        slot.mm.ksm_rmap_items += 1
+        self.ksm_rmap_items += 1
+        self.cpu_ns += self.costs.rmap_alloc_ns
+        if idx == len(items):
+            items.append(item)
+        else:
+            items.insert(idx, item)
+        scan.rmap_index = idx + 1
+        return item
+
+    def ksm_do_scan(self, scan_npages: int) -> int:
+        """One batch.  Returns the number of pages processed."""
+        done = 0
+        visit_ns = self.costs.visit_ns
+        while scan_npages > 0:
+            scan_npages -= 1
+            got = self.scan_get_next_rmap_item()
+            if got is None:
+                break
+            item, page = got
+            self.cpu_ns += visit_ns
+            self.cmp_and_merge_page(page, item)
+            self.mem.folio_put(self.mem.page_folio[page])
+            self.ksm_pages_scanned += 1
+            done += 1
+        return done
+
+    def ksmd_should_run(self) -> bool:
+        return bool(self.ksm_run & KSM_RUN_MERGE) and bool(self.mm_list)
+
+    # ------------------------------------------------------------------------------------
+    # merging
+    def find_mergeable_vma(self, mm: MM, addr: int) -> Vma | None:
+        if mm.mm_users == 0:
+            return None
+        vma = mm.find_vma(addr & PAGE_MASK)
+        if vma is None or not vma.flags & VM_MERGEABLE or vma.anon_vma is None:
+            return None
+        return vma
+
+    def get_mergeable_page(self, item: RmapItem) -> int | None:
+        """The page mapped at ``item``'s address, with a reference, or None."""
+        vma = self.find_mergeable_vma(item.mm, item.address)
+        if vma is None:
+            return None
+        i = ((item.address & PAGE_MASK) - vma.start) >> PAGE_SHIFT
+        pfn = vma.pte[i]
+        if pfn < 0 or vma.ptef[i] & PTE_SPECIAL:
+            return None
+        folio = self.mem.page_folio[pfn]
+        if not folio.flags & PG_ANON:
+            return None
+        folio.refcount += 1
+        return pfn
+
+    def write_protect_page(self, vma: Vma, folio):
+        """Make the PTE mapping ``folio`` in ``vma`` clean and read-only; returns the
+        resulting PTE bits, or None on failure."""
+        mem = self.mem
+        if folio.order:
+            self._fail("write_protect_page: large folio")
+            return None
+        # page_address_in_vma: the folio's index places it in this VMA
+        if folio.anon_vma is None or vma.anon_vma is None or \
+                _anon_root(folio.anon_vma) is not _anon_root(vma.anon_vma):
+            self._fail("write_protect_page: page not in this vma")
+            return None
+        i = folio.index - vma.pgoff
+        if not 0 <= i < vma.nr_pages or vma.pte[i] != folio.pfn:
+            self._fail("write_protect_page: page not mapped at its address")
+            return None
+        f = vma.ptef[i]
+        if f & PTE_PMD:
+            self._fail("write_protect_page: PMD mapping")
+            return None
+        anon_exclusive = mem.page_flags[folio.pfn] & PAGE_ANON_EXCLUSIVE
+        if f & (PTE_WRITE | PTE_DIRTY) or anon_exclusive:
+            swapped = 1 if folio.flags & PG_SWAPCACHE else 0
+            if folio.mapcount + 1 + swapped != folio.refcount:
+                self._fail("write_protect_page: refcount != mapcount + 1 (extra reference)")
+                return None
+            if anon_exclusive:
+                if folio.pincount:
+                    self._fail("write_protect_page: pinned anon-exclusive page")
+                    return None
+                mem.page_flags[folio.pfn] &= ~PAGE_ANON_EXCLUSIVE
+            if f & PTE_DIRTY:
+                folio.flags |= PG_DIRTY
+            f &= ~(PTE_DIRTY | PTE_WRITE)
+            vma.ptef[i] = f
+        return f
+
+    def replace_page(self, vma: Vma, page: int, kpage: int, orig_pte: int) -> int:
+        mem = self.mem
+        mm = vma.mm
+        folio = mem.page_folio[page]
+        i = folio.index - vma.pgoff
+        if vma.ptef[i] & PTE_PMD:
+            self._fail("replace_page: PMD mapping")
+            return EFAULT
+        if vma.pte[i] != page or vma.ptef[i] != orig_pte:
+            self._fail("replace_page: PTE changed")
+            return EFAULT
+        if kpage != ZERO_PFN:
+            kfolio = mem.page_folio[kpage]
+            mem.folio_get(kfolio)
+            kfolio.mapcount += 1               # folio_add_anon_rmap_pte
+            vma.pte[i] = kpage
+            vma.ptef[i] = 0                    # mk_pte(kpage, vm_page_prot): read-only
+        else:
+            vma.pte[i] = ZERO_PFN
+            vma.ptef[i] = PTE_SPECIAL | PTE_DIRTY
+            self.ksm_zero_pages += 1           # ksm_map_zero_page
+            mm.ksm_zero_pages += 1
+            mm.anon_rss -= 1
+        folio.mapcount -= 1                    # folio_remove_rmap_pte
+        if folio.page_mapcount is not None:
+            folio.page_mapcount[page - folio.pfn] -= 1
+        if kpage != ZERO_PFN:
+            pass                               # anon rss unchanged: one anon page for another
+        mem.folio_put(folio)
+        return 0
+
+    def try_to_merge_one_page(self, vma: Vma, page: int, kpage: int | None) -> int:
+        mem = self.mem
+        self.cpu_ns += self.costs.merge_one_ns
+        folio = mem.page_folio[page]
+        if page == kpage:                      # KSM page forked
+            return 0
+        if not folio.flags & PG_ANON:
+            self._fail("try_to_merge_one_page: not anonymous")
+            return EFAULT
+        if not mem.folio_trylock(folio):
+            self._fail("try_to_merge_one_page: folio locked")
+            return EFAULT
+        err = EFAULT
+        if folio.order:
+            if self.split_huge_page(page):
+                self._fail("try_to_merge_one_page: split_huge_page failed")
+                mem.folio_unlock(folio)
+                return EFAULT
+            folio = mem.page_folio[page]
+        orig_pte = self.write_protect_page(vma, folio)
+        if orig_pte is not None:
+            if kpage is None:
+                self.folio_set_stable_node(folio, None)
+                folio.flags |= PG_DIRTY
+                err = 0
+            elif self.pages_identical(page, kpage):
+                err = self.replace_page(vma, page, kpage, orig_pte)
+            else:
+                self._fail("try_to_merge_one_page: contents differ")
+        mem.folio_unlock(folio)
+        return err
+
+    def split_huge_page(self, page: int) -> int:
+        """Split the large folio of ``page`` (mm/huge_memory.c); see samepage.mm.huge."""
+        split = getattr(self.mem, "split_huge_page", None)
+        if split is None:
+            return -errno.EAGAIN
+        return split(page)
+
+    def try_to_merge_with_zero_page(self, item: RmapItem, page: int) -> int:
+        if self.ksm_use_zero_pages and item.oldchecksum == ZERO_CHECKSUM:
+            vma = self.find_mergeable_vma(item.mm, item.address)
+            if vma is None:
+                return 0
+            return self.try_to_merge_one_page(vma, page, ZERO_PFN)
+        return EFAULT
+
+    def try_to_merge_with_ksm_page(self, item: RmapItem, page: int, kpage: int | None) -> int:
+        vma = self.find_mergeable_vma(item.mm, item.address)
+        if vma is None:
+            self._fail("try_to_merge_with_ksm_page: no mergeable vma")
+            return EFAULT
+        err = self.try_to_merge_one_page(vma, page, kpage)
+        if err:
+            return err
+        self.remove_rmap_item_from_tree(item)
+        item.anon_vma = vma.anon_vma
+        return 0
+
+    def try_to_merge_two_pages(self, item: RmapItem, page: int, tree_item: RmapItem,
+                               tree_page: int):
+        err = self.try_to_merge_with_ksm_page(item, page, None)
+        if not err:
+            err = self.try_to_merge_with_ksm_page(tree_item, tree_page, page)
+            if err:
+                self.break_cow(item)
+        return None if err else self.mem.page_folio[page]
+
+    def unstable_tree_search_insert(self, item: RmapItem, page: int):
+        """Returns (tree_item, tree_page) with a reference on tree_page, or None after
+        inserting ``item`` (or giving up)."""
+        mem = self.mem
+        nid = self.get_kpfn_nid(page)
+        root = self.root_unstable_tree[nid]
+        pc = mem.page_content
+        content = pc[page]
+        memcmp_ns = self.costs.memcmp_ns
+        parent = None
+        is_left = False
+        cur = root.rb_node
+        while cur is not None:
+            tree_page = self.get_mergeable_page(cur)
+            if tree_page is None:
+                return None                  # stale node on the path: nothing inserted
+            if tree_page == page:
+                mem.folio_put(mem.page_folio[tree_page])
+                return None
+            self.cpu_ns += memcmp_ns
+            other = pc[tree_page]
+            if content.__class__ is int and other.__class__ is int:
+                ret = (content > other) - (content < other)
+            else:
+                from samepage.mm.content import memcmp_contents
+                ret = memcmp_contents(content, other)
+            parent = cur
+            if ret < 0:
+                mem.folio_put(mem.page_folio[tree_page])
+                cur = cur.rb_left
+                is_left = True
+            elif ret > 0:
+                mem.folio_put(mem.page_folio[tree_page])
+                cur = cur.rb_right
+                is_left = False
+            elif not self.ksm_merge_across_nodes and mem.pfn_to_nid(tree_page) != nid:
+                mem.folio_put(mem.page_folio[tree_page])
+                return None
+            else:
+                return cur, tree_page
+        item.address |= UNSTABLE_FLAG | (self.ksm_scan.seqnr & SEQNR_MASK)
+        item.nid = nid
+        rb_link_node(item, parent, is_left, root)
+        rb_insert_color(item, root)
+        self.ksm_pages_unshared += 1
+        return None
+
+    def cmp_and_merge_page(self, page: int, item: RmapItem) -> None:
+        mem = self.mem
+        folio = mem.page_folio[page]
+        bypass = False
+        stable_node = self.folio_stable_node(folio)
+        if stable_node is not None:
+            if stable_node.head is not MIGRATE_NODES and item.head is stable_node:
+                return                                   # steady state
+            if not self.is_page_sharing_candidate(stable_node):
+                bypass = True
+        else:
+            if item.address & (STABLE_FLAG | UNSTABLE_FLAG):
+                self.remove_rmap_item_from_tree(item)
+            checksum = self.calc_checksum(page)
+            if item.oldchecksum != checksum:
+                item.oldchecksum = checksum
+                return                                   # volatile
+            if not self.try_to_merge_with_zero_page(item, page):
+                return
+        kfolio = self.stable_tree_search(page)
+        if kfolio is not None and kfolio is not ERR_BUSY and kfolio.pfn == page \
+                and item.head is stable_node:
+            mem.folio_put(kfolio)
+            return
+        self.remove_rmap_item_from_tree(item)
+        if kfolio is not None:
+            if kfolio is ERR_BUSY:
+                self._fail("stable_tree_search: KSM page busy")
+                return
+            err = self.try_to_merge_with_ksm_page(item, page, kfolio.pfn)
+            if not err:
+                mem.folio_lock(kfolio)
+                self.stable_tree_append(item, self.folio_stable_node(kfolio), bypass)
+                mem.folio_unlock(kfolio)
+            mem.folio_put(kfolio)
+            return
+        self.unstable_tree_merge(item, page)
+
+    def unstable_tree_merge(self, item: RmapItem, page: int) -> None:
+        """Part D of cmp_and_merge_page: search the unstable tree and merge a pair
+        (v6.18 behaviour, including the delayed split of a same-folio pair)."""
+        mem = self.mem
+        found = self.unstable_tree_search_insert(item, page)
+        if found is None:
+            return
+        tree_item, tree_page = found
+        kfolio = self.try_to_merge_two_pages(item, page, tree_item, tree_page)
+        folio = mem.page_folio[page]
+        tree_folio = mem.page_folio[tree_page]
+        split = folio.order > 0 and folio is tree_folio
+        mem.folio_put(tree_folio)
+        if kfolio is not None:
+            mem.folio_lock(kfolio)
+            snode = self.stable_tree_insert(kfolio)
+            if snode is not None:
+                self.stable_tree_append(tree_item, snode, False)
+                self.stable_tree_append(item, snode, False)
+            mem.folio_unlock(kfolio)
+            if snode is None:
+                self.break_cow(tree_item)
+                self.break_cow(item)
+        elif split:
+            folio = mem.page_folio[page]
+            if not mem.folio_trylock(folio):
+                return
+            self.split_huge_page(page)
+            mem.folio_unlock(mem.page_folio[page])
+
+    # ------------------------------------------------------------------------------------
+    # run = 2 and the sysfs-driven removal of stable nodes
+    def remove_stable_node(self, node: StableNode) -> int:
+        mem = self.mem
+        folio = self.ksm_get_folio(node, KSM_GET_FOLIO_LOCK)
+        if folio is None:
+            return 0
+        err = -errno.EBUSY
+        if folio.mapcount == 0:
+            self.folio_set_stable_node(folio, None)
+            self.remove_node_from_stable_tree(node)
+            err = 0
+        mem.folio_unlock(folio)
+        mem.folio_put(folio)
+        return err
+
+    def remove_stable_node_chain(self, node: StableNode, root: RbRoot) -> bool:
+        if node.rmap_hlist_len != STABLE_NODE_CHAIN:
+            return bool(self.remove_stable_node(node))
+        for dup in list(node.hlist):
+            if self.remove_stable_node(dup):
+                return True
+        self.free_stable_node_chain(node, root)
+        return False
+
+    def remove_all_stable_nodes(self) -> int:
+        err = 0
+        for nid in range(self.ksm_nr_node_ids):
+            root = self.root_stable_tree[nid]
+            while root.rb_node is not None:
+                if self.remove_stable_node_chain(root.rb_node, root):
+                    err = -errno.EBUSY
+                    break
+        for node in list(self.migrate_nodes):
+            if self.remove_stable_node(node):
+                err = -errno.EBUSY
+        return err
+
+    def unmerge_and_remove_all_rmap_items(self) -> int:
+        scan = self.ksm_scan
+        scan.mm_slot = self.mm_list[0] if self.mm_list else None
+        while scan.mm_slot is not None:
+            slot = scan.mm_slot
+            mm = slot.mm
+            if mm.mm_users != 0:
+                for vma in list(mm.vmas):
+                    if not vma.flags & VM_MERGEABLE or vma.anon_vma is None:
+                        continue
+                    err = self.break_ksm(vma, vma.start, vma.end)
+                    if err:
+                        scan.mm_slot = None
+                        return err
+            self.remove_trailing_rmap_items(slot, 0)
+            scan.mm_slot = self._slot_next(slot)
+            if mm.mm_users == 0:
+                self._slot_del(slot)
+                mm.flags &= ~(MMF_VM_MERGEABLE | MMF_VM_MERGE_ANY)
+        self.remove_all_stable_nodes()
+        scan.seqnr = 0
+        scan.address = 0
+        scan.rmap_index = 0
+        return 0
+
+    # ------------------------------------------------------------------------------------
+    # the scan-time advisor (advisor_start_scan / advisor_stop_scan / scan_time_advisor)
+    def advisor_start_scan(self) -> None:
+        if self.ksm_advisor == "scan-time":
+            self.advisor_ctx["start_scan"] = self.clock_ns + int(self.cpu_ns_in_batch())
+
+    def cpu_ns_in_batch(self) -> float:
+        return self.cpu_ns - getattr(self, "_batch_cpu_start", self.cpu_ns)
+
+    def advisor_stop_scan(self) -> None:
+        if self.ksm_advisor == "scan-time":
+            self.scan_time_advisor()
+
+    def scan_time_advisor(self) -> None:
+        ctx = self.advisor_ctx
+        now = self.clock_ns + int(self.cpu_ns_in_batch())
+        scan_time = max(1, (now - ctx["start_scan"]) // 1_000_000_000)
+        cpu_time = int(self.cpu_ns)
+        cpu_ms = (cpu_time - ctx["cpu_time"]) // 1_000_000
+        cpu_percent = max(1, (cpu_ms * 100) // (scan_time * 1000))
+        last = ctx["scan_time"] or scan_time
+        factor = max(1, self.ksm_advisor_target_scan_time * 100 // scan_time)
+        change = max(1, scan_time * 100 // last)
+        change = ((100 - 30) * ctx["change"] + 30 * change) // 100
+        pages = self.ksm_thread_pages_to_scan * 100 // factor
+        pages = pages * change // 100
+        per_page_cost = max(1, self.ksm_thread_pages_to_scan // cpu_percent)
+        pages = min(pages, per_page_cost * self.ksm_advisor_max_cpu)
+        pages = max(pages, per_page_cost * 10)
+        pages = min(pages, self.ksm_advisor_max_pages_to_scan)
+        ctx["change"] = change
+        ctx["scan_time"] = scan_time
+        ctx["cpu_time"] = cpu_time
+        self.ksm_thread_pages_to_scan = pages
+
+    # ------------------------------------------------------------------------------------
+    # statistics
+    @property
+    def pages_volatile(self) -> int:
+        v = self.ksm_rmap_items - self.ksm_pages_shared - self.ksm_pages_sharing \
+            - self.ksm_pages_unshared
+        return v if v > 0 else 0
+
+    @property
+    def general_profit(self) -> int:
+        return (self.ksm_pages_sharing + self.ksm_zero_pages) * PAGE_SIZE \
+            - self.ksm_rmap_items * RMAP_ITEM_SIZE
+
+    def counters(self) -> dict:
+        """The 11 counters of a trace record, by their sysfs names."""
+        return {
+            "pages_shared": self.ksm_pages_shared,
+            "pages_sharing": self.ksm_pages_sharing,
+            "pages_unshared": self.ksm_pages_unshared,
+            "pages_volatile": self.pages_volatile,
+            "full_scans": self.ksm_scan.seqnr,
+            "pages_scanned": self.ksm_pages_scanned,
+            "pages_skipped": self.ksm_pages_skipped,
+            "stable_node_chains": self.ksm_stable_node_chains,
+            "stable_node_dups": self.ksm_stable_node_dups,
+            "ksm_zero_pages": self.ksm_zero_pages,
+            "general_profit": self.general_profit,
+        }
+
+    @staticmethod
+    def ksm_process_profit(mm: MM) -> int:
+        return (mm.ksm_merging_pages + mm.ksm_zero_pages) * PAGE_SIZE \
+            - mm.ksm_rmap_items * RMAP_ITEM_SIZE
+
+    @staticmethod
+    def ksm_process_mergeable(mm: MM) -> bool:
+        return any(v.flags & VM_MERGEABLE for v in mm.vmas)
+
+    def ksm_stat(self, mm: MM) -> dict:
+        """``/proc/PID/ksm_stat`` as a dict (booleans for the yes/no lines)."""
+        return {
+            "ksm_rmap_items": mm.ksm_rmap_items,
+            "ksm_zero_pages": mm.ksm_zero_pages,
+            "ksm_merging_pages": mm.ksm_merging_pages,
+            "ksm_process_profit": self.ksm_process_profit(mm),
+            "ksm_merge_any": bool(mm.flags & MMF_VM_MERGE_ANY),
+            "ksm_mergeable": self.ksm_process_mergeable(mm),
+        }

@@ -1,0 +1,258 @@
+"""The Python API: a simulated machine with processes, memory and ksmd.
+
+It mirrors the system calls and files a program or an administrator would use::
+
+    from samepage import Machine
+    m = Machine()
+    vm = m.spawn("vm1")
+    ram = vm.mmap(100, name="ram")
+    vm.write(ram, range(100), 7)          # every page holds token 7
+    vm.madvise(ram, "mergeable")
+    m.sysfs_write("run", 1)
+    m.run_full_scans(2)
+    m.sysfs_read("pages_sharing")         # -> 99
+
+ksmd runs only when asked (``run_batches``/``run_full_scans``): each batch is
+``ksm_do_scan(pages_to_scan)`` followed by a sleep of ``sleep_millisecs`` of simulated time.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from samepage import KERNEL_RELEASE_MODELLED
+from samepage.ksm.costs import CostModel
+from samepage.ksm.ksm import Ksm
+from samepage.ksm.sysfs import sysfs_read, sysfs_read_int, sysfs_write
+from samepage.mm.content import PAGE_SHIFT, Content
+from samepage.mm.folio import Memory
+from samepage.mm.mm import (MADV_DONTNEED, MADV_HUGEPAGE, MADV_MERGEABLE, MADV_NOHUGEPAGE,
+                            MADV_UNMERGEABLE, MM, PR_GET_MEMORY_MERGE, PR_SET_MEMORY_MERGE,
+                            Vma)
+
+ADVICE = {"mergeable": MADV_MERGEABLE, "unmergeable": MADV_UNMERGEABLE,
+          "dontneed": MADV_DONTNEED, "hugepage": MADV_HUGEPAGE,
+          "nohugepage": MADV_NOHUGEPAGE}
+
+
+class SyscallError(OSError):
+    """A simulated system call failed; ``errno`` is the kernel's."""
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        raise SyscallError(-ret, f"{what}: {errno.errorcode.get(-ret, -ret)}")
+    return ret
+
+
+@dataclass
+class BatchResult:
+    batch: int
+    t_ms: float
+    pages: int          # pages processed (pages_scanned delta)
+    cpu_ms: float
+
+
+class Process:
+    """A user process: an mm plus convenience methods named after system calls."""
+
+    def __init__(self, machine: "Machine", mm: MM):
+        self.machine = machine
+        self.mm = mm
+
+    @property
+    def name(self) -> str:
+        return self.mm.name
+
+    @property
+    def pid(self) -> int:
+        return self.mm.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.mm.mm_users > 0
+
+    def region(self, name: str) -> Vma:
+        return self.mm.vma_by_name(name)
+
+    def _vma(self, region: Vma | str) -> Vma:
+        return self.region(region) if isinstance(region, str) else region
+
+    # -- system calls -----------------------------------------------------------------
+    def mmap(self, pages: int, name: str | None = None, thp: str = "default") -> Vma:
+        """``mmap(MAP_PRIVATE|MAP_ANONYMOUS)`` of ``pages`` pages as its own VMA;
+        ``thp`` = "huge" / "nohuge" applies MADV_HUGEPAGE / MADV_NOHUGEPAGE."""
+        vma = self.mm.mmap(pages, name=name)
+        if thp == "huge":
+            self.madvise(vma, "hugepage")
+        elif thp == "nohuge":
+            self.madvise(vma, "nohugepage")
+        return vma
+
+    def munmap(self, region: Vma | str) -> None:
+        vma = self._vma(region)
+        self.mm.munmap(vma.start, vma.end - vma.start)
+
+    def madvise(self, region: Vma | str, advice: str | int,
+                pages: Iterable[int] | None = None) -> None:
+        vma = self._vma(region)
+        adv = ADVICE[advice] if isinstance(advice, str) else advice
+        if pages is None:
+            _check(self.mm.madvise(vma.start, vma.end - vma.start, adv), "madvise")
+            return
+        for lo, hi in _runs(sorted(set(pages))):
+            start = vma.start + (lo << PAGE_SHIFT)
+            _check(self.mm.madvise(start, (hi - lo) << PAGE_SHIFT, adv), "madvise")
+
+    def write(self, region: Vma | str, pages: Iterable[int] | int, content: Content) -> None:
+        """Store ``content`` (a token or 4096 bytes) into the given pages of a region."""
+        vma = self._vma(region)
+        if isinstance(pages, int):
+            pages = (pages,)
+        for i in pages:
+            if not 0 <= i < vma.nr_pages:
+                raise IndexError(f"page {i} outside region {vma.name} of {vma.nr_pages} pages")
+            self.mm.write_page(vma.start + (i << PAGE_SHIFT), content)
+
+    def fill(self, region: Vma | str, tokens: Iterable[Content]) -> None:
+        vma = self._vma(region)
+        for i, t in enumerate(tokens):
+            self.mm.write_page(vma.start + (i << PAGE_SHIFT), t)
+
+    def read(self, region: Vma | str, page: int) -> Content | None:
+        vma = self._vma(region)
+        return self.mm.read_page(vma.start + (page << PAGE_SHIFT))
+
+    def zap(self, region: Vma | str, pages: Iterable[int]) -> None:
+        """``madvise(MADV_DONTNEED)`` on the given pages."""
+        self.madvise(region, "dontneed", pages)
+
+    def fork(self, child: str) -> "Process":
+        return self.machine._adopt(self.mm.fork(child))
+
+    def exit(self) -> None:
+        self.mm.exit()
+
+    def prctl_set_memory_merge(self, value: bool) -> None:
+        _check(self.mm.prctl(PR_SET_MEMORY_MERGE, 1 if value else 0), "prctl")
+
+    def prctl_get_memory_merge(self) -> bool:
+        return bool(_check(self.mm.prctl(PR_GET_MEMORY_MERGE), "prctl"))
+
+    # -- /proc/PID ------------------------------------------------------------------------
+    def ksm_stat(self) -> dict:
+        return self.machine.ksm.ksm_stat(self.mm)
+
+    @property
+    def ksm_merging_pages(self) -> int:
+        return self.mm.ksm_merging_pages
+
+    def __repr__(self) -> str:
+        return f"<Process {self.name} pid={self.pid}{'' if self.alive else ' exited'}>"
+
+
+def _runs(idx: list[int]):
+    if not idx:
+        return
+    lo = prev = idx[0]
+    for i in idx[1:]:
+        if i != prev + 1:
+            yield lo, prev + 1
+            lo = i
+        prev = i
+    yield lo, prev + 1
+
+
+class Machine:
+    """One simulated machine: physical memory, processes and KSM."""
+
+    kernel_release = KERNEL_RELEASE_MODELLED
+
+    def __init__(self, numa_nodes: int = 1, costs: CostModel | None = None):
+        self.mem = Memory(numa_nodes)
+        self.ksm = Ksm(self.mem, costs)
+        self.processes: dict[str, Process] = {}
+        self.batches = 0
+        self.t0_ns = 0
+
+    # -- processes --------------------------------------------------------------------------
+    def spawn(self, name: str, merge_any: bool = False, numa_node: int = 0) -> Process:
+        if name in self.processes:
+            raise ValueError(f"process {name!r} exists")
+        p = self._adopt(MM(self.mem, name, numa_node))
+        if merge_any:
+            p.prctl_set_memory_merge(True)
+        return p
+
+    def _adopt(self, mm: MM) -> Process:
+        p = Process(self, mm)
+        self.processes[mm.name] = p
+        return p
+
+    def process(self, name: str) -> Process:
+        return self.processes[name]
+
+    # -- sysfs ------------------------------------------------------------------------------
+    def sysfs_write(self, name: str, value) -> None:
+        was_running = self.ksm.ksmd_should_run()
+        sysfs_write(self.ksm, name, value)
+        if name == "run" and int(str(value)) == 1 and not was_running:
+            self.t0_ns = self.ksm.clock_ns
+
+    def sysfs_read(self, name: str) -> int | str:
+        if name == "advisor_mode":
+            return sysfs_read(self.ksm, name)
+        return sysfs_read_int(self.ksm, name)
+
+    def counters(self) -> dict:
+        return self.ksm.counters()
+
+    @property
+    def vmstat(self) -> dict:
+        return dict(self.mem.vmstat)
+
+    # -- ksmd -------------------------------------------------------------------------------
+    def run_batch(self) -> BatchResult | None:
+        """One iteration of ksmd: a batch of ``pages_to_scan`` pages, then a sleep.
+        Returns None (and advances no time) when ksmd would not run."""
+        ksm = self.ksm
+        if not ksm.ksmd_should_run():
+            return None
+        before = ksm.ksm_pages_scanned
+        cpu0 = ksm.cpu_ns
+        ksm._batch_cpu_start = cpu0
+        ksm.ksm_do_scan(ksm.ksm_thread_pages_to_scan)
+        cpu = ksm.cpu_ns - cpu0
+        ksm._batch_cpu_start = ksm.cpu_ns
+        ksm.clock_ns += int(cpu)
+        self.batches += 1
+        res = BatchResult(self.batches, (ksm.clock_ns - self.t0_ns) / 1e6,
+                          ksm.ksm_pages_scanned - before, cpu / 1e6)
+        ksm.clock_ns += ksm.ksm_thread_sleep_millisecs * 1_000_000
+        return res
+
+    def run_batches(self, n: int) -> list[BatchResult]:
+        out = []
+        for _ in range(n):
+            r = self.run_batch()
+            if r is None:
+                break
+            out.append(r)
+        return out
+
+    def run_full_scans(self, n: int = 1, max_batches: int = 10_000_000) -> int:
+        """Run batches until ``full_scans`` has advanced by ``n``; returns batches run."""
+        target = self.ksm.ksm_scan.seqnr + n
+        count = 0
+        while self.ksm.ksm_scan.seqnr < target and count < max_batches:
+            if self.run_batch() is None:
+                break
+            count += 1
+        return count
+
+    # -- reports ----------------------------------------------------------------------------
+    def ksm_stats(self) -> dict[str, dict]:
+        """``/proc/PID/ksm_stat`` of every live process."""
+        return {n: p.ksm_stat() for n, p in self.processes.items() if p.alive}
