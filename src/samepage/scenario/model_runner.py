@@ -1,0 +1,133 @@
+"""Run a scenario on the model and produce its trace (the contract's set-up order).
+
+``iter_model_trace`` yields one batch record after each ksmd batch (events scheduled after
+that batch are applied before the next one) and finally the ``final`` record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from samepage.machine import Machine, SyscallError
+
+from .schema import EventCfg, Scenario
+from .trace import format_batch_record, format_final_record
+
+
+class ScenarioRunError(RuntimeError):
+    """The scenario could not be carried out (e.g. a tunable write failed, or ksmd stopped
+    with batches still to record)."""
+
+
+@dataclass
+class ModelRun:
+    """A finished model run: the trace plus the machine for inspection."""
+
+    records: list[dict]
+    final: dict
+    machine: Machine
+    extra: dict = field(default_factory=dict)
+
+
+def setup_machine(scenario: Scenario) -> Machine:
+    """Steps 1-4 of the set-up order: settings, processes and contents, MADV_MERGEABLE,
+    then ``run = 1``."""
+    if scenario.model.same_folio != "v6.18" or not scenario.model.split_zero_remap:
+        if scenario.model.same_folio != "v6.18":
+            raise ScenarioRunError(
+                f"{scenario.path or '<scenario>'}: model.same_folio: strategy "
+                f"{scenario.model.same_folio!r} needs large-folio support, not in this build")
+    m = Machine(numa_nodes=scenario.machine.numa_nodes)
+    for name, value in scenario.ksm.items():
+        _sysfs(m, name, value, f"ksm.{name}")
+    _sysfs(m, "run", 2, "set-up run=2")
+    _sysfs(m, "run", 0, "set-up run=0")
+    for pc in scenario.processes:
+        p = m.spawn(pc.name, merge_any=pc.merge_any, numa_node=pc.numa_node)
+        for rc in pc.regions:
+            vma = p.mmap(rc.pages, name=rc.name, thp=rc.thp)
+            p.fill(vma, rc.tokens())
+    for pc in scenario.processes:
+        p = m.process(pc.name)
+        for rc in pc.regions:
+            if rc.mergeable:
+                p.madvise(rc.name, "mergeable")
+    _sysfs(m, "run", 1, "set-up run=1")
+    return m
+
+
+def _sysfs(m: Machine, name: str, value, where: str) -> None:
+    try:
+        m.sysfs_write(name, value)
+    except OSError as e:
+        raise ScenarioRunError(f"{where}: writing {value!r} to {name} failed: "
+                               f"{e.strerror or e}") from None
+
+
+def apply_event(m: Machine, ev: EventCfg, index: int | None = None) -> None:
+    where = f"event after batch {ev.after_batch} ({ev.op} on {ev.process})"
+    p = m.processes.get(ev.process)
+    if p is None or not p.alive:
+        raise ScenarioRunError(f"{where}: process {ev.process!r} is not running")
+    try:
+        if ev.op in ("write", "zap", "mergeable", "unmergeable", "munmap"):
+            vma = p.region(ev.region)
+            if ev.op == "write":
+                p.write(vma, ev.page_indices(vma.nr_pages), ev.token)
+            elif ev.op == "zap":
+                p.zap(vma, ev.page_indices(vma.nr_pages))
+            elif ev.op == "munmap":
+                p.munmap(vma)
+            else:
+                p.madvise(vma, ev.op)
+        elif ev.op == "fork":
+            p.fork(ev.child)
+        elif ev.op == "exit":
+            p.exit()
+        elif ev.op == "merge_any":
+            p.prctl_set_memory_merge(bool(ev.value))
+        elif ev.op == "set":
+            m.sysfs_write(ev.tunable, ev.value)
+    except KeyError:
+        raise ScenarioRunError(f"{where}: process {ev.process!r} has no region "
+                               f"{ev.region!r}") from None
+    except (SyscallError, OSError) as e:
+        raise ScenarioRunError(f"{where}: {e.strerror or e}") from None
+
+
+def iter_model_trace(scenario: Scenario, batches: int | None = None,
+                     machine_out: list | None = None) -> Iterator[dict]:
+    """Yield the model's trace of ``scenario`` record by record."""
+    m = setup_machine(scenario)
+    if machine_out is not None:
+        machine_out.append(m)
+    n = batches if batches is not None else scenario.run.batches
+    events = scenario.sorted_events()
+    ei = 0
+    for b in range(1, n + 1):
+        r = m.run_batch()
+        if r is None:
+            raise ScenarioRunError(
+                f"ksmd cannot run before batch {b} (run is not 1, or no mm is registered); "
+                "a scenario that stops ksmd must restart it in the same after_batch")
+        yield format_batch_record(b, r.t_ms, m.counters())
+        while ei < len(events) and events[ei].after_batch <= b:
+            apply_event(m, events[ei])
+            ei += 1
+    yield format_final_record(m.kernel_release, m.ksm_stats())
+
+
+def run_scenario_on_model(scenario: Scenario, batches: int | None = None,
+                          progress: Callable[[int], None] | None = None) -> ModelRun:
+    holder: list = []
+    records: list[dict] = []
+    final: dict = {}
+    for rec in iter_model_trace(scenario, batches, holder):
+        if rec.get("final"):
+            final = rec
+        else:
+            records.append(rec)
+            if progress is not None:
+                progress(rec["batch"])
+    return ModelRun(records, final, holder[0])
