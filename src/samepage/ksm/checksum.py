@@ -10,7 +10,7 @@ import xxhash
 from samepage.mm.content import Content, content_bytes
 
 _cache: dict = {}
-_CACHE_LIMIT = 1 << 20
+_CACHE_LIMIT = 1 << 14
 
 
 def calc_checksum_content(c: Content) -> int:

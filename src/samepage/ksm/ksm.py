@@ -813,7 +813,7 @@ class Ksm(KsmHooks):
                 _anon_root(folio.anon_vma) is not _anon_root(vma.anon_vma):
             self._fail("write_protect_page: page not in this vma")
             return None
-        i = folio.index - vma.pgoff
+        i = mem.page_index[folio.pfn] - vma.pgoff
         if not 0 <= i < vma.nr_pages or vma.pte[i] != folio.pfn:
             self._fail("write_protect_page: page not mapped at its address")
             return None
@@ -842,7 +842,7 @@ class Ksm(KsmHooks):
         mem = self.mem
         mm = vma.mm
         folio = mem.page_folio[page]
-        i = folio.index - vma.pgoff
+        i = mem.page_index[folio.pfn] - vma.pgoff
         if vma.ptef[i] & PTE_PMD:
             self._fail("replace_page: PMD mapping")
             return EFAULT
@@ -990,7 +990,8 @@ class Ksm(KsmHooks):
         bypass = False
         stable_node = self.folio_stable_node(folio)
         if stable_node is not None:
-            if stable_node.head is not MIGRATE_NODES and item.head is stable_node:
+            # item.head (read through the rb-node union it shares, for speed)
+            if stable_node.head is not MIGRATE_NODES and item.rb_parent is stable_node:
                 return                                   # steady state
             if not self.is_page_sharing_candidate(stable_node):
                 bypass = True

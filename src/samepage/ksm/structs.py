@@ -35,8 +35,9 @@ STABLE_NODE_DUP_HEAD = _Marker("STABLE_NODE_DUP_HEAD")
 class RmapItem(RbNode):
     """One per (mm, virtual page) at which ksmd has seen a candidate page."""
 
-    __slots__ = ("mm", "address", "oldchecksum", "age", "remaining_skips", "head",
-                 "anon_vma", "nid")
+    # As in the kernel's unions: anon_vma (STABLE) shares a slot with nid (UNSTABLE), and
+    # head (STABLE) shares one with the rb node's parent link (UNSTABLE).
+    __slots__ = ("mm", "address", "oldchecksum", "age", "remaining_skips", "anon_vma")
 
     def __init__(self, mm, address: int):
         self.rb_parent = None
@@ -48,9 +49,24 @@ class RmapItem(RbNode):
         self.oldchecksum = 0
         self.age = 0
         self.remaining_skips = 0
-        self.head = None           # stable node, when STABLE
-        self.anon_vma = None       # anon_vma reference, when STABLE
-        self.nid = 0               # unstable tree the item sits in, when UNSTABLE
+        self.anon_vma = None       # anon_vma reference (STABLE) / unstable tree nid (UNSTABLE)
+
+    @property
+    def head(self):
+        """The stable node of a STABLE item (union with the rb node)."""
+        return self.rb_parent
+
+    @head.setter
+    def head(self, node) -> None:
+        self.rb_parent = node
+
+    @property
+    def nid(self) -> int:
+        return self.anon_vma
+
+    @nid.setter
+    def nid(self, nid: int) -> None:
+        self.anon_vma = nid
 
     def __repr__(self) -> str:
         st = ("STABLE" if self.address & STABLE_FLAG else

@@ -18,6 +18,8 @@ TOKEN_LIMIT = 1 << 64
 Content = int | bytes
 
 _interned: dict[bytes, bytes] = {}
+_tokens: dict[int, int] = {}          # small working set of tokens, one int object each
+_TOKENS_LIMIT = 4096
 
 
 def token_bytes(token: int) -> bytes:
@@ -34,7 +36,12 @@ def make_content(value: Content) -> Content:
     if isinstance(value, int):
         if not 0 <= value < TOKEN_LIMIT:
             raise ValueError(f"token {value} out of range [0, 2**64)")
-        return value
+        t = _tokens.get(value)
+        if t is None:
+            if len(_tokens) >= _TOKENS_LIMIT:
+                return value
+            _tokens[value] = t = value
+        return t
     if isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)
         if len(data) != PAGE_SIZE:

@@ -8,7 +8,9 @@ make ``write_protect_page`` fail on freshly faulted pages) and the shared zero p
 
 Per-frame state is kept in flat arrays indexed by pfn (struct-of-arrays), so a page costs a
 few bytes plus its folio object: ``page_folio[pfn]`` (like ``compound_head``),
-``page_content[pfn]`` and ``page_flags[pfn]`` (``PageAnonExclusive``).
+``page_content[pfn]``, ``page_flags[pfn]`` (``PageAnonExclusive``) and ``page_index[pfn]``
+(``folio->index`` of an anonymous folio: the linear page index it was faulted at).
+A folio's NUMA node is that of its section (``pfn_to_nid``).
 """
 
 from __future__ import annotations
@@ -36,23 +38,44 @@ LRU_BATCH_SIZE = 31         # PAGEVEC_SIZE / folio_batch capacity
 
 
 class Folio:
-    """``struct folio``: one order-0 page or a large, naturally aligned group of pages."""
+    """``struct folio``: one order-0 page or a large, naturally aligned group of pages.
 
-    __slots__ = ("pfn", "order", "refcount", "mapcount", "flags", "mapping", "anon_vma",
-                 "index", "nid", "page_mapcount", "pincount")
+    ``mapping`` is, as in the kernel, the anon_vma of an anonymous folio or the stable node
+    of a KSM folio (``PG_KSM``)."""
 
-    def __init__(self, pfn: int, order: int, nid: int):
+    __slots__ = ("pfn", "refcount", "mapcount", "flags", "mapping")
+
+    order = 0                      # large folios carry their own
+    page_mapcount = None           # per-page PTE mapcounts: large folios only
+    _pins: "dict[Folio, int]" = {}
+
+    def __init__(self, pfn: int, order: int = 0):
         self.pfn = pfn
-        self.order = order
         self.refcount = 1          # the allocation's reference (becomes the mapping's)
         self.mapcount = 0          # folio_mapcount(): PTE mappings + PMD mappings
         self.flags = 0
-        self.mapping = None        # stable node of a KSM folio (or KSM_NO_NODE)
-        self.anon_vma = None
-        self.index = 0             # linear page index of the first page
-        self.nid = nid
-        self.page_mapcount = None  # per-page PTE mapcounts of a large folio
-        self.pincount = 0          # GUP pins (each also holds a reference)
+        self.mapping = None
+
+    @property
+    def pincount(self) -> int:
+        """GUP pins (each also holds a reference); rare, so kept off the folio."""
+        return Folio._pins.get(self, 0)
+
+    @pincount.setter
+    def pincount(self, n: int) -> None:
+        if n:
+            Folio._pins[self] = n
+        else:
+            Folio._pins.pop(self, None)
+
+    @property
+    def anon_vma(self):
+        """``folio_anon_vma``: None for KSM folios."""
+        return None if self.flags & PG_KSM else self.mapping
+
+    @anon_vma.setter
+    def anon_vma(self, av) -> None:
+        self.mapping = av
 
     @property
     def nr_pages(self) -> int:
@@ -63,6 +86,17 @@ class Folio:
         freed = " FREED" if self.flags & PG_FREED else ""
         return (f"<folio pfn={self.pfn} order={self.order} {kind} ref={self.refcount} "
                 f"map={self.mapcount}{freed}>")
+
+
+class LargeFolio(Folio):
+    """A folio of order > 0, with a PTE mapcount per page."""
+
+    __slots__ = ("order", "page_mapcount")
+
+    def __init__(self, pfn: int, order: int):
+        super().__init__(pfn)
+        self.order = order
+        self.page_mapcount = [0] * (1 << order)
 
 
 class KsmNoNode:
@@ -89,10 +123,11 @@ class Memory:
         self.page_folio: list = []
         self.page_content: list = []
         self.page_flags = bytearray()
+        self.page_index = array("q")
         self.section_nid = array("b")
         self._next_pfn = [0] * numa_nodes      # next unused pfn of the node's current section
         self._section_end = [0] * numa_nodes
-        self._free = [[] for _ in range(numa_nodes)]   # freed order-0 frames, reused LIFO
+        self._free = [array("q") for _ in range(numa_nodes)]   # freed frames, reused LIFO
         self.nr_free_frames = 0
         self.lru_batch: list = []              # this CPU's folio_batch of LRU additions
         self.lru_batching = True
@@ -103,7 +138,7 @@ class Memory:
         # the shared zero page lives in pfn 0 of node 0
         zero_pfn = self._alloc_frames(0, 0)
         assert zero_pfn == ZERO_PFN
-        zf = Folio(ZERO_PFN, 0, 0)
+        zf = Folio(ZERO_PFN, 0)
         zf.flags = PG_ZERO
         zf.refcount = 1 << 30
         self.page_folio[ZERO_PFN] = zf
@@ -117,6 +152,7 @@ class Memory:
         self.page_folio.extend([None] * size)
         self.page_content.extend([0] * size)
         self.page_flags.extend(bytes(size))
+        self.page_index.frombytes(bytes(8 * size))
         self.section_nid.append(nid)
         self._next_pfn[nid] = base
         self._section_end[nid] = base + size
@@ -141,7 +177,7 @@ class Memory:
     def folio_alloc(self, order: int = 0, nid: int = 0, content: Content = 0) -> Folio:
         """Allocate a folio whose pages hold ``content`` (a zeroed page by default)."""
         pfn = self._alloc_frames(order, nid)
-        folio = Folio(pfn, order, nid)
+        folio = LargeFolio(pfn, order) if order else Folio(pfn, order)
         pf = self.page_folio
         pc = self.page_content
         flags = self.page_flags
@@ -149,8 +185,6 @@ class Memory:
             pf[p] = folio
             pc[p] = content
             flags[p] = 0
-        if order:
-            folio.page_mapcount = [0] * (1 << order)
         return folio
 
     def _free_folio(self, folio: Folio) -> None:
@@ -158,9 +192,8 @@ class Memory:
             raise MemoryError_(f"freeing {folio!r} while it is still mapped")
         folio.flags = (folio.flags & PG_ZERO) | PG_FREED
         folio.mapping = None
-        folio.anon_vma = None
         pf = self.page_folio
-        free = self._free[folio.nid]
+        free = self._free[self.section_nid[folio.pfn >> SECTION_SHIFT]]
         for p in range(folio.pfn, folio.pfn + (1 << folio.order)):
             pf[p] = None
             free.append(p)

@@ -261,7 +261,7 @@ class MM:
         """``folio_add_new_anon_rmap`` for an order-0 folio mapped exclusively at ``i``."""
         folio.flags |= PG_ANON
         folio.anon_vma = vma.anon_vma
-        folio.index = vma.pgoff + i
+        self.mem.page_index[folio.pfn] = vma.pgoff + i
         folio.mapcount = 1
         self.mem.page_flags[folio.pfn] |= PAGE_ANON_EXCLUSIVE
         self.anon_rss += 1
