@@ -30,6 +30,11 @@ class KsmdError(RuntimeError):
     """ksmd could not be observed, or a batch could not be told apart reliably."""
 
 
+class UnreliableTrace(KsmdError):
+    """The harness could not keep up with ksmd, or something outside the scenario disturbed
+    the run; the trace would not be trustworthy (running again may succeed)."""
+
+
 def find_ksmd_pid() -> int:
     """The pid of the ksmd kernel thread."""
     for name in os.listdir("/proc"):
@@ -123,6 +128,20 @@ class Ksmd:
         self.close()
 
 
+#: The counters that every real batch changes: it processes a page (pages_scanned), skips one
+#: (pages_skipped), or reaches the end of the mm list (full_scans). A wake-up that changes none
+#: of them ran no batch.
+PROGRESS_COUNTERS = ("pages_scanned", "pages_skipped", "full_scans")
+
+
+def read_progress() -> tuple[int, int, int]:
+    out = []
+    for name in PROGRESS_COUNTERS:
+        with open(f"/sys/kernel/mm/ksm/{name}", "rb") as f:
+            out.append(int(f.read()))
+    return tuple(out)  # type: ignore[return-value]
+
+
 @dataclass
 class BatchTiming:
     """When a batch was seen, in seconds of time.monotonic()."""
@@ -131,38 +150,52 @@ class BatchTiming:
     end: float          # first sample showing ksmd asleep again
     before: Sample      # the asleep sample at the end of the previous batch
     after: Sample       # the asleep sample at the end of this batch
+    progress: tuple[int, int, int]   # PROGRESS_COUNTERS after the batch
     max_gap: float      # longest interval between two consecutive samples while waiting
+    spurious: list[float]   # times of wake-ups that ran no batch
 
 
-def wait_for_batch(ksmd: Ksmd, prev: Sample, *, timeout: float, max_gap: float,
-                   poll: float = 0.0005, quiet_until: float | None = None,
-                   since: float | None = None) -> BatchTiming:
+def wait_for_batch(ksmd: Ksmd, prev: Sample, progress: tuple[int, int, int], *,
+                   timeout: float, max_gap: float, poll: float = 0.0005,
+                   quiet_until: float | None = None, since: float | None = None,
+                   read_progress=read_progress, idle_check=None) -> BatchTiming:
     """Wait for ksmd's next batch to start and end.
 
-    ``prev`` is the asleep sample taken at the end of the previous batch (or before run=1).
-    ``max_gap``: if two consecutive samples are further apart than this (the harness was not
-    scheduled), raise KsmdError -- a whole batch could have gone unseen. ``quiet_until``: no
-    batch is expected before this time, poll coarsely (2 ms) until then. ``since``: the time
-    of the last moment ksmd is known to have been quiet (default: now).
+    ``prev`` is the asleep sample taken at the end of the previous batch (or before run=1) and
+    ``progress`` the PROGRESS_COUNTERS then. A batch is over when ksmd is back in its sleep
+    after waking up *and* one of those counters moved; a wake-up after which ksmd sleeps again
+    with the counters unchanged ran no batch (it is recorded in ``spurious``, and the wait goes
+    on). ``max_gap``: if two consecutive samples are further apart than this (the harness was
+    not scheduled), raise KsmdError -- a whole batch could have gone unseen. ``quiet_until``:
+    no batch is expected before this time, poll coarsely (2 ms) until then. ``since``: the time
+    of the last moment ksmd is known to have been quiet (default: now). ``idle_check()`` is
+    called between samples while ksmd sleeps (it may raise to abort the wait).
     """
     deadline = time.monotonic() + timeout
     last_t = since if since is not None else time.monotonic()
     worst = 0.0
     start: float | None = None
+    base = prev
+    spurious: list[float] = []
     while True:
         now = time.monotonic()
         s = ksmd.sample()
         gap = s.t - last_t
         worst = max(worst, gap)
         if gap > max_gap:
-            raise KsmdError(f"the harness was not scheduled for {gap * 1000:.1f} ms while "
+            raise UnreliableTrace(f"the harness was not scheduled for {gap * 1000:.1f} ms while "
                             "watching ksmd; a batch boundary may have been missed, so the "
                             "trace would be unreliable")
-        busy = s.pcount != prev.pcount or not s.asleep
+        busy = s.pcount != base.pcount or not s.asleep
         if start is None and busy:
             start = (last_t + s.t) / 2
-        if start is not None and s.asleep and s.pcount != prev.pcount:
-            return BatchTiming(start=start, end=s.t, before=prev, after=s, max_gap=worst)
+        if start is not None and s.asleep and s.pcount != base.pcount:
+            now_progress = read_progress()
+            if now_progress != progress:
+                return BatchTiming(start=start, end=s.t, before=prev, after=s,
+                                   progress=now_progress, max_gap=worst, spurious=spurious)
+            spurious.append(s.t)       # woke up and went back to sleep: no batch
+            base, start = s, None
         if now > deadline:
             raise KsmdError(
                 f"ksmd ran no batch for {timeout:g} s (state {s.state}, wchan {s.wchan}): "
@@ -170,6 +203,8 @@ def wait_for_batch(ksmd: Ksmd, prev: Sample, *, timeout: float, max_gap: float,
                 "unmapped or every process exited)" if start is None else
                 f"a ksmd batch did not finish within {timeout:g} s")
         last_t = s.t
+        if idle_check is not None and start is None and s.asleep:
+            idle_check()
         if quiet_until is not None and now < quiet_until and start is None:
             time.sleep(0.002)
         else:

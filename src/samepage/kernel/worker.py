@@ -239,9 +239,6 @@ class Worker:
     def set_merge_any(self, value: bool) -> None:
         self.request(f"merge_any {1 if value else 0}")
 
-    def drain(self) -> None:
-        self.request("drain")
-
     def fork(self, child_name: str, workers: "WorkerSet") -> "Worker":
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -314,8 +311,11 @@ class WorkerSet:
     """Every worker of one run, by scenario process name. Use as a context manager: on exit
     (normal or not) every process still alive is killed and reaped."""
 
-    def __init__(self, executable: str | None = None, on_spawn=None) -> None:
+    def __init__(self, executable: str | None = None, on_spawn=None,
+                 home_cpu: int = -1, scratch_cpu: int = -1) -> None:
         self.executable = executable or worker_executable()
+        self.home_cpu = home_cpu          # where scenario pages are faulted (-1: anywhere)
+        self.scratch_cpu = scratch_cpu    # where the workers' own pages are faulted
         self.workers: dict[str, Worker] = {}
         self.order: list[Worker] = []           # creation order (children after parents)
         self.on_spawn = on_spawn                # callback(name, pid) for every new process
@@ -330,7 +330,8 @@ class WorkerSet:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             popen = subprocess.Popen(
-                [self.executable, str(theirs.fileno()), hex(WINDOW_LO), hex(WINDOW_HI)],
+                [self.executable, str(theirs.fileno()), hex(WINDOW_LO), hex(WINDOW_HI),
+                 str(self.home_cpu), str(self.scratch_cpu)],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True,
                 start_new_session=True)   # a terminal ^C reaches the harness only
         finally:

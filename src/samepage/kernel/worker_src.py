@@ -9,7 +9,14 @@ heap, the stack). After ``prctl(PR_SET_MEMORY_MERGE, 1)`` it walks /proc/self/ma
 MADV_UNMERGEABLE to every VMA outside the scenario window, so only the scenario regions are
 ever mergeable. Without merge_any its own VMAs are never VM_MERGEABLE in the first place.
 
-Protocol: one Unix stream socket (fd number in argv[1]). Requests are whitespace-separated
+LRU batches: a freshly faulted anonymous page sits in the per-CPU LRU add batch of the CPU it
+was faulted on, which holds a reference until the batch fills (31 folios) or is drained; KSM
+cannot merge it meanwhile. The model has one such batch for the scenario's pages. To match,
+the worker runs on ``home_cpu`` (argv[4]) whenever it writes scenario pages, and faults its
+own pages (start-up, and the copy-on-write of its stack/data after a fork) on ``scratch_cpu``
+(argv[5]) -- so only scenario pages enter the home CPU's batch. -1 disables pinning.
+
+Protocol: one Unix stream socket (fd number in argv[1], scenario window in argv[2..3]). Requests are whitespace-separated
 words, each request ends with a newline; every request gets exactly one reply line:
 ``ok [value]`` or ``err ERRNO [text]``. Numbers are decimal or 0x-hex.
 
@@ -23,8 +30,6 @@ words, each request ends with a newline; every request gets exactly one reply li
     merge_any V                 prctl(PR_SET_MEMORY_MERGE, V, 0, 0, 0); V=1 then also applies
                                 MADV_UNMERGEABLE to the worker's own VMAs
     unmerge_own                 MADV_UNMERGEABLE on the worker's own VMAs
-    drain                       mlock+munlock of a private scratch page (lru_add_drain_all in
-                                the kernel's mlock path on some versions) -- experiment only
     fork                        needs one fd received by SCM_RIGHTS with (or before) the
                                 request: the child uses it as its channel and first sends
                                 ``hello PID`` on it; the parent replies ``ok CHILDPID``
@@ -47,6 +52,7 @@ WORKER_C = r"""
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <unistd.h>
 
 #ifndef MAP_FIXED_NOREPLACE
@@ -65,8 +71,8 @@ static int pending_fd = -1;
 static char ibuf[1 << 16];
 static size_t ipos, ilen;
 static char mapsbuf[1 << 16];
-static char scratch[PAGE] __attribute__((aligned(4096)));
 static unsigned long win_lo, win_hi;
+static int home_cpu = -1, scratch_cpu = -1;
 static sigjmp_buf fault_jmp;
 static volatile sig_atomic_t in_access;
 
@@ -204,7 +210,8 @@ static int guarded_fill(unsigned long addr, unsigned long long t)
     return rc;
 }
 
-static int unmerge_own(void)
+/* Call fn(lo, hi, perms, line) for every VMA of this process outside the scenario window. */
+static int for_own_vmas(int (*fn)(unsigned long, unsigned long, const char *, const char *))
 {
     int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
     size_t len = 0;
@@ -223,13 +230,68 @@ static int unmerge_own(void)
         unsigned long lo = strtoul(line, NULL, 16);
         char *dash = strchr(line, '-');
         unsigned long hi = dash ? strtoul(dash + 1, NULL, 16) : lo;
-        int skip = (lo >= win_lo && hi <= win_hi) || strstr(line, "[vsyscall]") != NULL;
-        if (!skip && hi > lo && madvise((void *)lo, hi - lo, MADV_UNMERGEABLE) != 0
-            && errno != EINVAL && errno != ENOMEM)
-            rc = errno;
+        char *perms = strchr(line, ' ');
+        int skip = (lo >= win_lo && hi <= win_hi) || strstr(line, "[vsyscall]") != NULL
+                   || perms == NULL || hi <= lo;
+        if (!skip) {
+            int r = fn(lo, hi, perms + 1, line);
+            if (r && !rc)
+                rc = r;
+        }
         line = nl ? nl + 1 : NULL;
     }
     return rc;
+}
+
+static int unmerge_one(unsigned long lo, unsigned long hi, const char *perms, const char *line)
+{
+    (void)perms;
+    (void)line;
+    if (madvise((void *)lo, hi - lo, MADV_UNMERGEABLE) != 0 && errno != EINVAL && errno != ENOMEM)
+        return errno;
+    return 0;
+}
+
+static int unmerge_own(void)
+{
+    return for_own_vmas(unmerge_one);
+}
+
+/* Write every page of the worker's own private writable memory (data, bss, heap, stack), so
+ * that it is allocated -- or, after fork, copied -- now, and never later while scenario pages
+ * are being written (see touch_own_on_scratch). */
+static int touch_one(unsigned long lo, unsigned long hi, const char *perms, const char *line)
+{
+    if (perms[0] != 'r' || perms[1] != 'w' || perms[3] != 'p')
+        return 0;
+    if (strstr(line, "[vvar") || strstr(line, "[vdso]"))
+        return 0;
+    for (unsigned long a = lo; a < hi; a += PAGE) {
+        volatile char *c = (volatile char *)a;
+        *c = *c;
+    }
+    return 0;
+}
+
+static void pin(int cpu)
+{
+    cpu_set_t set;
+    if (cpu < 0)
+        return;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    sched_setaffinity(0, sizeof set, &set);
+}
+
+/* New anonymous pages wait in the per-CPU LRU add batch of the CPU that faulted them (holding
+ * a reference that makes KSM's write_protect_page fail). The worker's scenario pages are all
+ * faulted on home_cpu; its own pages are faulted on scratch_cpu, so they never share a batch
+ * with (and never flush) scenario pages. */
+static void touch_own_on_scratch(void)
+{
+    pin(scratch_cpu);
+    for_own_vmas(touch_one);
+    pin(home_cpu);
 }
 
 int main(int argc, char **argv)
@@ -241,12 +303,17 @@ int main(int argc, char **argv)
     ctl = atoi(argv[1]);
     win_lo = strtoul(argv[2], NULL, 0);
     win_hi = strtoul(argv[3], NULL, 0);
+    if (argc >= 6) {
+        home_cpu = atoi(argv[4]);
+        scratch_cpu = atoi(argv[5]);
+    }
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_segv;
     sigaction(SIGSEGV, &sa, NULL);
     sigaction(SIGBUS, &sa, NULL);
     signal(SIGCHLD, SIG_IGN);   /* forked children are reaped automatically */
     signal(SIGPIPE, SIG_IGN);
+    touch_own_on_scratch();
     for (;;) {
         word(cmd, sizeof cmd);
         if (!strcmp(cmd, "pid")) {
@@ -301,28 +368,23 @@ int main(int argc, char **argv)
         } else if (!strcmp(cmd, "unmerge_own")) {
             skip_line();
             reply_rc(unmerge_own());
-        } else if (!strcmp(cmd, "drain")) {
-            skip_line();
-            scratch[0] = 1;
-            if (mlock(scratch, PAGE) != 0) {
-                reply_rc(errno);
-                continue;
-            }
-            reply_rc(munlock(scratch, PAGE) ? errno : 0);
         } else if (!strcmp(cmd, "fork")) {
             skip_line();
             if (pending_fd < 0) {
                 reply_rc(EBADF);
                 continue;
             }
+            pin(scratch_cpu);   /* the copy-on-write of our own pages happens there */
             pid_t pid = fork();
             if (pid < 0) {
                 int e = errno;
+                pin(home_cpu);
                 close(pending_fd);
                 pending_fd = -1;
                 reply_rc(e);
                 continue;
             }
+            touch_own_on_scratch();
             if (pid == 0) {
                 close(ctl);
                 ctl = pending_fd;
