@@ -221,6 +221,7 @@ class Machine:
         if not ksm.ksmd_should_run():
             return None
         before = ksm.ksm_pages_scanned
+        start_ns = ksm.clock_ns
         cpu0 = ksm.cpu_ns
         ksm._batch_cpu_start = cpu0
         ksm.ksm_do_scan(ksm.ksm_thread_pages_to_scan)
@@ -228,9 +229,10 @@ class Machine:
         ksm._batch_cpu_start = ksm.cpu_ns
         ksm.clock_ns += int(cpu)
         self.batches += 1
-        res = BatchResult(self.batches, (ksm.clock_ns - self.t0_ns) / 1e6,
+        # t_ms is the batch's start, as the kernel harness measures it
+        res = BatchResult(self.batches, (start_ns - self.t0_ns) / 1e6,
                           ksm.ksm_pages_scanned - before, cpu / 1e6)
-        ksm.clock_ns += ksm.ksm_thread_sleep_millisecs * 1_000_000
+        ksm.clock_ns += ksm.costs.ksmd_sleep_ns(ksm.ksm_thread_sleep_millisecs)
         return res
 
     def run_batches(self, n: int) -> list[BatchResult]:

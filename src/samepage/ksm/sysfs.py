@@ -69,6 +69,14 @@ def _kstrtobool(s: str, name: str, value) -> bool:
     raise _err(errno.EINVAL, name, value)
 
 
+def _kstrtoul_einval(s: str, name: str, value) -> int:
+    """Stores that turn every parse error (including overflow) into EINVAL."""
+    try:
+        return _kstrtoull(s, U64_MAX, name, value)
+    except OSError:
+        raise _err(errno.EINVAL, name, value) from None
+
+
 def _as_text(value) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
@@ -164,16 +172,16 @@ def sysfs_write(ksm: Ksm, name: str, value) -> None:
                 ksm.ksm_thread_pages_to_scan = ksm.ksm_advisor_min_pages_to_scan
         return
     if name == "advisor_max_cpu":
-        ksm.ksm_advisor_max_cpu = _kstrtoull(s, U64_MAX, name, value) & U32_MAX
+        ksm.ksm_advisor_max_cpu = _kstrtoul_einval(s, name, value) & U32_MAX
         return
     if name == "advisor_min_pages_to_scan":
-        ksm.ksm_advisor_min_pages_to_scan = _kstrtoull(s, U64_MAX, name, value)
+        ksm.ksm_advisor_min_pages_to_scan = _kstrtoul_einval(s, name, value)
         return
     if name == "advisor_max_pages_to_scan":
-        ksm.ksm_advisor_max_pages_to_scan = _kstrtoull(s, U64_MAX, name, value)
+        ksm.ksm_advisor_max_pages_to_scan = _kstrtoul_einval(s, name, value)
         return
     if name == "advisor_target_scan_time":
-        v = _kstrtoull(s, U64_MAX, name, value)
+        v = _kstrtoul_einval(s, name, value)
         if v < 1:
             raise _err(errno.EINVAL, name, value)
         ksm.ksm_advisor_target_scan_time = v
