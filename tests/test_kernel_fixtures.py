@@ -19,10 +19,7 @@ from samepage.scenario.model_runner import run_scenario_on_model
 FIXTURES = Path(__file__).parent / "fixtures" / "kernel"
 
 # name -> reason (spec section and what differs)
-KNOWN_DIVERGENCES: dict[str, str] = {
-    "thp_same_folio": "large folios (THP) are not modelled yet: spec 4.11, behaviour 19",
-    "thp_zero_split": "large folios (THP) are not modelled yet: spec 4.11.4, behaviour 21",
-}
+KNOWN_DIVERGENCES: dict[str, str] = {}
 
 
 def _cases():

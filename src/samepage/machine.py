@@ -170,9 +170,19 @@ class Machine:
 
     kernel_release = KERNEL_RELEASE_MODELLED
 
-    def __init__(self, numa_nodes: int = 1, costs: CostModel | None = None):
+    def __init__(self, numa_nodes: int = 1, costs: CostModel | None = None, *,
+                 thp: str = "madvise", mthp_kb=(), split_zero_remap: bool = True,
+                 same_folio: str = "v6.18"):
+        """``thp``: transparent_hugepage/enabled; ``mthp_kb``: extra large-folio sizes set to
+        ``inherit``; ``split_zero_remap``: remap zero-filled subpages on a split (6.18);
+        ``same_folio``: the merge strategy for a same-folio pair (``v6.18``, ``early-put``,
+        ``split-retry``; see samepage.ksm.same_folio)."""
         self.mem = Memory(numa_nodes)
+        self.mem.thp.enabled = thp
+        self.mem.thp.enable_mthp_kb(mthp_kb)
+        self.mem.thp.split_zero_remap = split_zero_remap
         self.ksm = Ksm(self.mem, costs)
+        self.ksm.set_same_folio_strategy(same_folio)
         self.processes: dict[str, Process] = {}
         self.batches = 0
         self.t0_ns = 0

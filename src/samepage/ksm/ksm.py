@@ -110,6 +110,9 @@ class Ksm(KsmHooks):
         # instrumentation
         self.merge_failures: dict[str, int] = {}
         self.record_failures = True
+        self.failure_log = None            # a deque of (full_scans, mm, address, reason)
+        self.current_item = None
+        self.set_same_folio_strategy("v6.18")
 
     # ------------------------------------------------------------------------------------
     # helpers
@@ -120,8 +123,15 @@ class Ksm(KsmHooks):
         return 0 if self.ksm_merge_across_nodes else self.mem.pfn_to_nid(kpfn)
 
     def _fail(self, where: str) -> None:
+        """Record why a merge attempt failed: which check, in which function."""
         if self.record_failures:
             self.merge_failures[where] = self.merge_failures.get(where, 0) + 1
+            if self.failure_log is not None:
+                it = self.current_item
+                self.failure_log.append((self.ksm_scan.seqnr,
+                                         it.mm.name if it is not None and it.mm else None,
+                                         it.address & PAGE_MASK if it is not None else None,
+                                         where))
 
     def folio_stable_node(self, folio):
         """The stable node of a KSM folio, None otherwise (also for a NULL-node KSM folio)."""
@@ -825,7 +835,7 @@ class Ksm(KsmHooks):
         if f & (PTE_WRITE | PTE_DIRTY) or anon_exclusive:
             swapped = 1 if folio.flags & PG_SWAPCACHE else 0
             if folio.mapcount + 1 + swapped != folio.refcount:
-                self._fail("write_protect_page: refcount != mapcount + 1 (extra reference)")
+                self._fail("write_protect_page: refcount != mapcount + 1")
                 return None
             if anon_exclusive:
                 if folio.pincount:
@@ -986,6 +996,7 @@ class Ksm(KsmHooks):
 
     def cmp_and_merge_page(self, page: int, item: RmapItem) -> None:
         mem = self.mem
+        self.current_item = item
         folio = mem.page_folio[page]
         bypass = False
         stable_node = self.folio_stable_node(folio)
@@ -1024,34 +1035,31 @@ class Ksm(KsmHooks):
         self.unstable_tree_merge(item, page)
 
     def unstable_tree_merge(self, item: RmapItem, page: int) -> None:
-        """Part D of cmp_and_merge_page: search the unstable tree and merge a pair
-        (v6.18 behaviour, including the delayed split of a same-folio pair)."""
+        """Part D of cmp_and_merge_page: the unstable tree, with the configured same-folio
+        strategy (samepage.ksm.same_folio)."""
+        self.same_folio_strategy(self, item, page)
+
+    def set_same_folio_strategy(self, name: str) -> None:
+        from .same_folio import STRATEGIES
+        if name not in STRATEGIES:
+            raise ValueError(f"unknown same-folio strategy {name!r} "
+                             f"(one of {', '.join(STRATEGIES)})")
+        self.same_folio = name
+        self.same_folio_strategy = STRATEGIES[name]
+
+    def stable_tree_insert_pair(self, kfolio, tree_item: RmapItem, item: RmapItem) -> None:
+        """D2: the two pages now share ``kfolio``: give it a stable node and hang both
+        rmap_items on it (undo both merges if no node could be made)."""
         mem = self.mem
-        found = self.unstable_tree_search_insert(item, page)
-        if found is None:
-            return
-        tree_item, tree_page = found
-        kfolio = self.try_to_merge_two_pages(item, page, tree_item, tree_page)
-        folio = mem.page_folio[page]
-        tree_folio = mem.page_folio[tree_page]
-        split = folio.order > 0 and folio is tree_folio
-        mem.folio_put(tree_folio)
-        if kfolio is not None:
-            mem.folio_lock(kfolio)
-            snode = self.stable_tree_insert(kfolio)
-            if snode is not None:
-                self.stable_tree_append(tree_item, snode, False)
-                self.stable_tree_append(item, snode, False)
-            mem.folio_unlock(kfolio)
-            if snode is None:
-                self.break_cow(tree_item)
-                self.break_cow(item)
-        elif split:
-            folio = mem.page_folio[page]
-            if not mem.folio_trylock(folio):
-                return
-            self.split_huge_page(page)
-            mem.folio_unlock(mem.page_folio[page])
+        mem.folio_lock(kfolio)
+        snode = self.stable_tree_insert(kfolio)
+        if snode is not None:
+            self.stable_tree_append(tree_item, snode, False)
+            self.stable_tree_append(item, snode, False)
+        mem.folio_unlock(kfolio)
+        if snode is None:
+            self.break_cow(tree_item)
+            self.break_cow(item)
 
     # ------------------------------------------------------------------------------------
     # run = 2 and the sysfs-driven removal of stable nodes

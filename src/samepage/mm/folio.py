@@ -134,6 +134,8 @@ class Memory:
         self.vmstat = {"cow_ksm": 0, "ksm_swpin_copy": 0, "thp_split_page": 0,
                        "thp_split_page_failed": 0, "thp_fault_alloc": 0, "nr_anon_pages": 0}
         self.ksm = None                        # the KSM hooks (samepage.mm.hooks.KsmHooks)
+        from .huge import ThpPolicy
+        self.thp = ThpPolicy()                 # /sys/kernel/mm/transparent_hugepage
         self.observer = None                   # optional sanitizer (later)
         # the shared zero page lives in pfn 0 of node 0
         zero_pfn = self._alloc_frames(0, 0)
@@ -264,6 +266,10 @@ class Memory:
             self.folio_put(folio)
 
     lru_add_drain_all = lru_add_drain   # one CPU's batch is modelled
+
+    def split_huge_page(self, page: int) -> int:
+        from .huge import split_huge_page
+        return split_huge_page(self, page)
 
     # -- contents -----------------------------------------------------------------------
     def page_folio_of(self, pfn: int) -> Folio:

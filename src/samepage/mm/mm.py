@@ -18,6 +18,7 @@ import errno
 from array import array
 
 from .content import PAGE_SHIFT, PAGE_SIZE, Content, make_content
+from .huge import HPAGE_PMD_NR, HPAGE_PMD_ORDER
 from .folio import (PAGE_ANON_EXCLUSIVE, PG_ANON, PG_KSM, PG_LRU, PG_SWAPCACHE, PG_ZERO,
                     ZERO_PFN, Folio, Memory)
 
@@ -130,7 +131,7 @@ class MM:
 
     __slots__ = ("mem", "name", "pid", "vmas", "flags", "mm_users", "nid",
                  "ksm_merging_pages", "ksm_rmap_items", "ksm_zero_pages", "anon_rss",
-                 "next_addr", "thp_policy", "__weakref__")
+                 "next_addr", "pte_tables", "__weakref__")
 
     _next_pid = 1000
 
@@ -148,7 +149,7 @@ class MM:
         self.ksm_zero_pages = 0
         self.anon_rss = 0
         self.next_addr = VA_BASE
-        self.thp_policy = None   # set by the machine for large folios (issue: large folios)
+        self.pte_tables: set[int] = set()   # 2 MiB blocks (vpn >> 9) that have a PTE table
 
     def __repr__(self) -> str:
         return f"<mm {self.name} pid={self.pid}>"
@@ -245,17 +246,78 @@ class MM:
         return self.do_wp_page(vma, i, fault_flags)
 
     def do_anonymous_page(self, vma: Vma, i: int) -> int:
+        """A write fault on an empty PTE: a PMD-mapped THP if the policy allows it and the
+        aligned 2 MiB block has no page table yet (``do_huge_pmd_anonymous_page``), else the
+        largest allowed mTHP whose aligned range is empty (``alloc_anon_folio``), else one
+        page."""
         if not vma.flags & VM_WRITE:
             raise VmFault(f"write to a read-only mapping {vma!r}")
         mem = self.mem
-        av = self.anon_vma_prepare(vma)
+        self.anon_vma_prepare(vma)
+        orders = mem.thp.allowable_orders(vma.flags, VM_HUGEPAGE, VM_NOHUGEPAGE,
+                                          anon=not vma.flags & VM_SHARED)
+        vpn0 = vma.start >> PAGE_SHIFT
+        for order in orders:
+            n = 1 << order
+            base = ((vpn0 + i) & ~(n - 1)) - vpn0
+            if base < 0 or base + n > len(vma.pte):
+                continue
+            if order == HPAGE_PMD_ORDER:
+                if (vpn0 + base) >> HPAGE_PMD_ORDER in self.pte_tables:
+                    continue                      # pmd_none() is false: PTE-level fault
+            elif any(vma.pte[j] >= 0 for j in range(base, base + n)):
+                continue                          # pte_range_none() is false
+            return self._map_new_large_folio(vma, base, order, i)
+        self.pte_tables.add((vpn0 + i) >> HPAGE_PMD_ORDER)
         folio = mem.folio_alloc(0, self.nid)
         self._add_new_anon_rmap(folio, vma, i)
         mem.folio_add_lru(folio)
         vma.pte[i] = folio.pfn
         vma.ptef[i] = PTE_WRITE | PTE_DIRTY
-        del av
         return folio.pfn
+
+    def _map_new_large_folio(self, vma: Vma, base: int, order: int, i: int) -> int:
+        mem = self.mem
+        n = 1 << order
+        folio = mem.folio_alloc(order, self.nid)
+        folio.flags |= PG_ANON | PG_LRU
+        folio.mapping = vma.anon_vma
+        mem.page_index[folio.pfn] = vma.pgoff + base
+        pflags = mem.page_flags
+        pmd = order == HPAGE_PMD_ORDER
+        bits = PTE_WRITE | PTE_DIRTY | (PTE_PMD if pmd else 0)
+        for k in range(n):
+            vma.pte[base + k] = folio.pfn + k
+            vma.ptef[base + k] = bits
+            pflags[folio.pfn + k] |= PAGE_ANON_EXCLUSIVE
+        if pmd:
+            folio.mapcount = 1                    # one PMD mapping, one reference
+            mem.vmstat["thp_fault_alloc"] += 1
+        else:
+            self.pte_tables.add((vma.start >> PAGE_SHIFT) + base >> HPAGE_PMD_ORDER)
+            folio.mapcount = n                    # one reference per PTE mapping
+            folio.refcount = n
+            for k in range(n):
+                folio.page_mapcount[k] = 1
+            key = f"mthp_{4 << order}kB_fault_alloc"
+            mem.vmstat[key] = mem.vmstat.get(key, 0) + 1
+        self.anon_rss += n
+        return folio.pfn + (i - base)
+
+    def split_huge_pmd(self, vma: Vma, i: int) -> None:
+        """``__split_huge_pmd``: the PMD mapping around slot ``i`` becomes 512 PTEs."""
+        vpn0 = vma.start >> PAGE_SHIFT
+        base = ((vpn0 + i) & ~(HPAGE_PMD_NR - 1)) - vpn0
+        ptef = vma.ptef
+        if not ptef[base] & PTE_PMD:
+            return
+        folio = self.mem.page_folio[vma.pte[base]]
+        for k in range(HPAGE_PMD_NR):
+            ptef[base + k] &= ~PTE_PMD
+            folio.page_mapcount[k] += 1
+        folio.mapcount += HPAGE_PMD_NR - 1
+        folio.refcount += HPAGE_PMD_NR - 1
+        self.pte_tables.add((vpn0 + base) >> HPAGE_PMD_ORDER)
 
     def _add_new_anon_rmap(self, folio: Folio, vma: Vma, i: int) -> None:
         """``folio_add_new_anon_rmap`` for an order-0 folio mapped exclusively at ``i``."""
@@ -280,19 +342,50 @@ class MM:
         mem.folio_unlock(folio)
         return ok
 
+    def do_huge_pmd_wp_page(self, vma: Vma, i: int) -> bool:
+        """Write to a write-protected PMD-mapped THP: reuse it when exclusive (or only
+        this mapping holds it), else split the PMD so the PTE-level fault copies one page.
+        Returns True when the PMD was reused."""
+        mem = self.mem
+        vpn0 = vma.start >> PAGE_SHIFT
+        base = ((vpn0 + i) & ~(HPAGE_PMD_NR - 1)) - vpn0
+        head = vma.pte[base]
+        folio = mem.page_folio[head]
+        if mem.page_flags[head] & PAGE_ANON_EXCLUSIVE or folio.refcount == 1:
+            for k in range(HPAGE_PMD_NR):
+                vma.ptef[base + k] |= PTE_WRITE | PTE_DIRTY
+                mem.page_flags[head + k] |= PAGE_ANON_EXCLUSIVE
+            return True
+        self.split_huge_pmd(vma, i)
+        return False
+
+    def _wp_can_reuse_large_anon_folio(self, folio: Folio) -> bool:
+        """Reuse a PTE-mapped large folio only if this mm alone maps it and only its
+        mappings reference it (an approximation of the kernel's mm-id tracking)."""
+        if folio.mapcount <= 1 or folio.refcount != folio.mapcount:
+            return False
+        av = folio.anon_vma
+        return av is not None and all(v.mm is self for v in av.vmas)
+
     def do_wp_page(self, vma: Vma, i: int, fault_flags: int) -> int:
         mem = self.mem
         unshare = bool(fault_flags & FAULT_FLAG_UNSHARE)
         if not unshare and not vma.flags & VM_WRITE:
             raise VmFault(f"write to a read-only mapping {vma!r}")
+        if vma.ptef[i] & PTE_PMD:
+            if not unshare and self.do_huge_pmd_wp_page(vma, i):
+                return vma.pte[i]
+            self.split_huge_pmd(vma, i)
         pfn = vma.pte[i]
         f = vma.ptef[i]
         if f & PTE_SPECIAL:
             folio = None
         else:
             folio = mem.page_folio[pfn]
-        if folio is not None and folio.flags & PG_ANON and folio.order == 0 and (
-                mem.page_flags[pfn] & PAGE_ANON_EXCLUSIVE or self.wp_can_reuse_anon_folio(folio)):
+        if folio is not None and folio.flags & PG_ANON and not folio.flags & PG_KSM and (
+                mem.page_flags[pfn] & PAGE_ANON_EXCLUSIVE or (
+                    self._wp_can_reuse_large_anon_folio(folio) if folio.order
+                    else self.wp_can_reuse_anon_folio(folio))):
             mem.page_flags[pfn] |= PAGE_ANON_EXCLUSIVE
             if unshare:
                 return pfn
@@ -357,17 +450,36 @@ class MM:
         return None if pfn < 0 else self.mem.page_content[pfn]
 
     def zap_pte_range(self, vma: Vma, lo: int, hi: int) -> None:
-        """Unmap page slots [lo, hi) of ``vma`` (``zap_pte_range``)."""
+        """Unmap page slots [lo, hi) of ``vma`` (``zap_pte_range``; a PMD mapping wholly
+        inside the range goes at once, one partly inside is split first)."""
         mem = self.mem
         pte, ptef = vma.pte, vma.ptef
         pf = mem.page_folio
-        for i in range(lo, hi):
+        i = lo
+        while i < hi:
             pfn = pte[i]
             if pfn < 0:
+                i += 1
                 continue
             f = ptef[i]
+            if f & PTE_PMD:
+                vpn0 = vma.start >> PAGE_SHIFT
+                base = ((vpn0 + i) & ~(HPAGE_PMD_NR - 1)) - vpn0
+                if base >= lo and base + HPAGE_PMD_NR <= hi:
+                    folio = pf[pte[base]]
+                    for k in range(base, base + HPAGE_PMD_NR):
+                        pte[k] = -1
+                        ptef[k] = 0
+                    folio.mapcount -= 1
+                    self.anon_rss -= HPAGE_PMD_NR
+                    mem.folio_put(folio)
+                    i = base + HPAGE_PMD_NR
+                    continue
+                self.split_huge_pmd(vma, i)
+                f = ptef[i]
             pte[i] = -1
             ptef[i] = 0
+            i += 1
             if f & PTE_SPECIAL:
                 if f & PTE_DIRTY:
                     mem.ksm.ksm_might_unmap_zero_page(self, f)
@@ -432,7 +544,7 @@ class MM:
         child.flags = self.flags & MMF_VM_MERGE_ANY          # MMF_INIT_MASK
         child.ksm_zero_pages = self.ksm_zero_pages           # copied with the mm struct
         child.next_addr = self.next_addr
-        child.thp_policy = self.thp_policy
+        child.pte_tables = set(self.pte_tables)
         mem.ksm.ksm_fork(child, self)
         pf = mem.page_folio
         pflags = mem.page_flags
@@ -447,11 +559,28 @@ class MM:
             pte, ptef = vma.pte, vma.ptef
             cpte, cptef = new.pte, new.ptef
             cow = not vma.flags & VM_SHARED and vma.flags & VM_WRITE
-            for i in range(len(pte)):
+            i = 0
+            n = len(pte)
+            while i < n:
                 pfn = pte[i]
                 if pfn < 0:
+                    i += 1
                     continue
                 f = ptef[i]
+                if f & PTE_PMD:
+                    # copy_huge_pmd: one more PMD mapping of the THP, write-protected in both
+                    folio = pf[pfn]
+                    folio.refcount += 1
+                    folio.mapcount += 1
+                    for k in range(i, i + HPAGE_PMD_NR):
+                        pflags[pte[k]] &= ~PAGE_ANON_EXCLUSIVE
+                        if cow:
+                            ptef[k] &= ~PTE_WRITE
+                        cpte[k] = pte[k]
+                        cptef[k] = ptef[k]
+                    child.anon_rss += HPAGE_PMD_NR
+                    i += HPAGE_PMD_NR
+                    continue
                 if not f & PTE_SPECIAL:
                     folio = pf[pfn]
                     folio.refcount += 1
@@ -465,6 +594,7 @@ class MM:
                         ptef[i] = f
                 cpte[i] = pfn
                 cptef[i] = f
+                i += 1
         return child
 
     def exit(self) -> None:
