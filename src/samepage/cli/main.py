@@ -1,4 +1,6 @@
-"""The ``samepage`` command: run scenarios on the model, a built-in demo, validation.
+"""The ``samepage`` command: run scenarios on the model, a built-in demo, validation; the
+live kernel (``samepage kernel ...``, samepage.cli.kernel) and model-vs-kernel comparison
+(``samepage compare``, samepage.cli.compare).
 
 Every expected failure (a bad scenario file, a scenario that cannot be carried out, an unwritable
 plot) is reported as one line ``samepage: error: ...`` on stderr with exit status 2.
@@ -10,28 +12,37 @@ import functools
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, Optional
+from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from samepage import KERNEL_RELEASE_MODELLED, __version__
 from samepage.scenario import Scenario, ScenarioError, load_scenario, load_scenario_text, \
     write_trace_jsonl
-from samepage.scenario.model_runner import ScenarioRunError, iter_model_trace
+from samepage.scenario.model_runner import iter_model_trace
 
 from . import report
+from .common import (  # noqa: F401  (re-exported: the helpers used to live here)
+    EXIT_ERROR,
+    PROGRESS_AFTER_S,
+    PROGRESS_MIN_BATCHES,
+    CliError,
+    LazyProgress,
+    check_plot,
+    error_exit,
+    load,
+    print_run_report,
+    reported_errors,
+    scenario_title,
+    stderr_console,
+    stdout_console,
+    with_batches,
+    write_plot,
+)
 
-EXIT_ERROR = 2
-#: Show a progress bar (stderr being a terminal) for runs of more than this many batches ...
-PROGRESS_MIN_BATCHES = 200
-#: ... or once a run has taken this long (seconds).
-PROGRESS_AFTER_S = 1.0
 DEMO_RESOURCE = "data/demo.toml"
 
 app = typer.Typer(
@@ -42,48 +53,6 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-class CliError(Exception):
-    """An expected failure: reported as one line on stderr, exit status 2."""
-
-
-def error_exit(msg: str, code: int = EXIT_ERROR) -> NoReturn:
-    # Plain print, not rich: the message must stay on one line whatever the terminal width.
-    print(f"samepage: error: {' '.join(str(msg).split())}", file=sys.stderr, flush=True)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def reported_errors() -> Iterator[None]:
-    """Turn the expected exceptions into ``samepage: error: ...`` and exit status 2."""
-    try:
-        yield
-    except (ScenarioError, ScenarioRunError, CliError) as e:
-        error_exit(str(e))
-    except BrokenPipeError:  # stdout closed early (| head): click exits quietly
-        raise
-    except OSError as e:  # e.g. a sysfs write refused by the model, an unwritable file
-        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        error_exit(f"{where}{e.strerror or e}")
-
-
-def stdout_console() -> Console:
-    """Rich output on stdout. When stdout is not a terminal (a pipe, a file), tables are laid
-    out for COLUMNS (default 120) columns rather than rich's 80."""
-    import os
-
-    width = None
-    if not sys.stdout.isatty():
-        try:
-            width = int(os.environ.get("COLUMNS", "")) or 120
-        except ValueError:
-            width = 120
-    return Console(highlight=False, width=width, soft_wrap=False)
-
-
-def stderr_console() -> Console:
-    return Console(stderr=True, highlight=False)
 
 
 def _version(value: bool) -> None:
@@ -107,49 +76,13 @@ def main(
 # ------------------------------------------------------------------------------ running
 
 
-class LazyProgress:
-    """A progress bar on stderr, only when stderr is a terminal, and only for a run of more
-    than PROGRESS_MIN_BATCHES batches or once it has taken PROGRESS_AFTER_S seconds."""
-
-    def __init__(self, total: int, enabled: bool = True, what: str = "ksmd batches") -> None:
-        self.total = total
-        self.enabled = enabled and sys.stderr.isatty()
-        self.what = what
-        self.done = 0
-        self.t0 = time.monotonic()
-        self.progress: Progress | None = None
-        self.task = None
-
-    def __enter__(self) -> "LazyProgress":
-        if self.enabled and self.total > PROGRESS_MIN_BATCHES:
-            self._start()
-        return self
-
-    def _start(self) -> None:
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=stderr_console(), transient=True)
-        self.progress.start()
-        self.task = self.progress.add_task(self.what, total=self.total, completed=self.done)
-
-    def advance(self) -> None:
-        self.done += 1
-        if self.progress is None:
-            if self.enabled and time.monotonic() - self.t0 > PROGRESS_AFTER_S:
-                self._start()
-            return
-        self.progress.update(self.task, completed=self.done)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-
-
 class Run:
     """A scenario run on the model: its batch records, final record and machine."""
 
-    def __init__(self, scenario: Scenario, batches: int | None = None) -> None:
+    def __init__(self, scenario: Scenario, batches: int | None = None,
+                 same_folio: str | None = None) -> None:
         self.scenario = scenario
+        self.same_folio = same_folio
         self.total = batches if batches is not None else scenario.run.batches
         self.records: list[dict[str, Any]] = []
         self.final: dict[str, Any] | None = None
@@ -168,43 +101,14 @@ class Run:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """Run, yielding every record as it is produced (batch records, then the final one)."""
         t0 = time.perf_counter()
-        for rec in iter_model_trace(self.scenario, self.total, self._machine):
+        for rec in iter_model_trace(self.scenario, self.total, self._machine,
+                                    same_folio=self.same_folio):
             if "batch" in rec:
                 self.records.append(rec)
             else:
                 self.final = rec
             yield rec
         self.wall_s = time.perf_counter() - t0
-
-
-def scenario_title(scenario: Scenario, fallback: str) -> str:
-    return scenario.name or Path(fallback).stem
-
-
-def load(path: str) -> Scenario:
-    with reported_errors():
-        return load_scenario(path)
-
-
-def check_plot(path: Path | None) -> None:
-    """Fail early (before running anything) if the plot could not be written."""
-    if path is not None:
-        from .plot import check_plot_path
-
-        problem = check_plot_path(path)
-        if problem:
-            error_exit(f"{path}: cannot write the plot: {problem}")
-
-
-def write_plot(path: Path, records: list[dict[str, Any]], title: str) -> None:
-    from .plot import plot_trace
-
-    try:
-        plot_trace(records, path, title)
-    except OSError as e:
-        raise CliError(f"{path}: cannot write the plot: {e.strerror or e}") from None
-    except ValueError as e:  # e.g. an unknown image format (file extension)
-        raise CliError(f"{path}: cannot write the plot: {e}") from None
 
 
 @app.command()
@@ -221,12 +125,28 @@ def run(
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="No batch or process table and no progress bar: only the "
                               "summary (with --json: nothing but the trace).")] = False,
+    same_folio: Annotated[Optional[str], typer.Option(
+        "--same-folio", metavar="STRATEGY",
+        help="How a pair of pages in one large folio is merged: v6.18 (default), early-put, "
+             "split-retry, or 'all' to compare them side by side.")] = None,
 ) -> None:
     """Run a scenario on the model and print the KSM counters after every ksmd batch."""
     sc = load(scenario)
+    if same_folio is not None and same_folio not in SAME_FOLIO_CHOICES:
+        error_exit(f"--same-folio: unknown strategy {same_folio!r} "
+                   f"(one of {', '.join(SAME_FOLIO_CHOICES)})")
+    if same_folio == "all":
+        if json_out or plot is not None:
+            error_exit("--same-folio all prints a comparison table: it does not take "
+                       "--json or --plot")
+        with reported_errors():
+            from .strategies import print_same_folio_comparison
+            print_same_folio_comparison(stdout_console(), sc, scenario_title(sc, scenario),
+                                        batches)
+        return
     check_plot(plot)
     title = scenario_title(sc, scenario)
-    r = Run(sc, batches)
+    r = Run(sc, batches, same_folio)
     out = sys.stdout
     with reported_errors():
         with LazyProgress(r.total, enabled=not quiet) as progress:
@@ -242,21 +162,9 @@ def run(
     if json_out:
         return
 
-    con = stdout_console()
-    if not quiet:
-        report.print_batch_table(con, r.records, title=f"{title}: ksmd batches")
-        con.print(f"[dim]{report.LEGEND}[/]", soft_wrap=True)
-        con.print()
-    say = functools.partial(con.print, soft_wrap=True)
-    say(f"[bold]{escape(title)}[/]: {len(r.records)} batches on the model "
-        f"(Linux {KERNEL_RELEASE_MODELLED} KSM), {r.wall_s:.2f} s of wall time")
-    for line in report.summary_lines(report.summarize(r.records, r.cpu_ms)):
-        say("  " + line)
-    if plot is not None:
-        say(f"  [bold]plot[/]            {escape(str(plot))}")
-    if not quiet:
-        con.print()
-        con.print(report.process_table(r.final))
+    print_run_report(stdout_console(), title=title, records=r.records, final=r.final,
+                     where=f"the model (Linux {KERNEL_RELEASE_MODELLED} KSM)", wall_s=r.wall_s,
+                     cpu_ms=r.cpu_ms, time_label="simulated time", plot=plot, quiet=quiet)
 
 
 # ------------------------------------------------------------------------------ demo
