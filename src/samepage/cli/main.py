@@ -111,6 +111,9 @@ class Run:
         self.wall_s = time.perf_counter() - t0
 
 
+SAME_FOLIO_CHOICES = ("v6.18", "early-put", "split-retry", "all")
+
+
 @app.command()
 def run(
     scenario: Annotated[str, typer.Argument(help="Scenario file (TOML).", metavar="SCENARIO")],
