@@ -191,8 +191,11 @@ class MM:
         self.vmas.sort(key=lambda v: v.start)
 
     def split_vma(self, vma: Vma, addr: int) -> Vma:
-        """Split ``vma`` at ``addr``; returns the upper part (``__split_vma``)."""
+        """Split ``vma`` at ``addr``; returns the upper part (``__split_vma``).  A PMD
+        mapping that straddles ``addr`` is split first (``vma_adjust_trans_huge``)."""
         i = (addr - vma.start) >> PAGE_SHIFT
+        if addr & (PMD_SIZE - 1) and vma.ptef[i] & PTE_PMD:
+            self.split_huge_pmd(vma, i)
         new = Vma.__new__(Vma)
         new.mm = self
         new.start = addr
