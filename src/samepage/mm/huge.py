@@ -107,12 +107,12 @@ def split_huge_page(mem, page: int) -> int:
     if not folio.flags & PG_LOCKED:
         raise MemoryError_(f"split_huge_page of an unlocked {folio!r}")
     if not folio.flags & PG_ANON or folio.anon_vma is None:
-        mem.vmstat["thp_split_page_failed"] += 1
+        _count_split(mem, folio.order, failed=True)
         return -errno.EBUSY
     nr = 1 << folio.order
     swap = nr if folio.flags & PG_SWAPCACHE else 0
     if folio.refcount - 1 != folio.mapcount + swap:
-        mem.vmstat["thp_split_page_failed"] += 1
+        _count_split(mem, folio.order, failed=True)
         return -errno.EAGAIN
     maps = folio_mappings(mm_mod, folio, mem)
     head = folio.pfn
@@ -145,10 +145,20 @@ def split_huge_page(mem, page: int) -> int:
     folio.flags = PG_FREED                 # the large folio no longer exists
     folio.refcount = 0
     folio.mapcount = 0
-    mem.vmstat["thp_split_page"] += 1
+    _count_split(mem, folio.order, failed=False)
     if mem.thp.split_zero_remap:
         _remap_zero_subpages(mem, mm_mod, maps, new, head)
     return 0
+
+
+def _count_split(mem, order: int, failed: bool) -> None:
+    """/proc/vmstat's thp_split_page[_failed] count PMD-sized folios only; every size has its
+    own hugepages-<kB>kB/stats/split[_failed] (kept as mthp_<kB>kB_split[_failed])."""
+    suffix = "_failed" if failed else ""
+    if order == HPAGE_PMD_ORDER:
+        mem.vmstat["thp_split_page" + suffix] += 1
+    key = f"mthp_{4 << order}kB_split{suffix}"
+    mem.vmstat[key] = mem.vmstat.get(key, 0) + 1
 
 
 def _remap_zero_subpages(mem, mm_mod, maps, new, head) -> None:

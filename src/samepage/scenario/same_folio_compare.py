@@ -69,7 +69,9 @@ def run_strategy(scenario: Scenario, strategy: str, batches: int | None = None) 
         settled_full_scans=records[idx]["full_scans"] if idx is not None else None,
         pages_merged=last.get("pages_shared", 0) + last.get("pages_sharing", 0),
         ksm_zero_pages=last.get("ksm_zero_pages", 0),
-        splits=vm.get("thp_split_page", 0), splits_failed=vm.get("thp_split_page_failed", 0),
+        splits=sum(v for k, v in vm.items() if k.startswith("mthp_") and k.endswith("_split")),
+        splits_failed=sum(v for k, v in vm.items()
+                          if k.startswith("mthp_") and k.endswith("_split_failed")),
         merge_failures=dict(Counter(m.ksm.merge_failures)) if m else {},
         error=error)
 
