@@ -927,11 +927,15 @@ class Ksm(KsmHooks):
         return EFAULT
 
     def try_to_merge_with_ksm_page(self, item: RmapItem, page: int, kpage: int | None) -> int:
+        scanned = self.current_item
+        self.current_item = item            # failures below are about this item's page
         vma = self.find_mergeable_vma(item.mm, item.address)
         if vma is None:
             self._fail("try_to_merge_with_ksm_page: no mergeable vma")
+            self.current_item = scanned
             return EFAULT
         err = self.try_to_merge_one_page(vma, page, kpage)
+        self.current_item = scanned
         if err:
             return err
         self.remove_rmap_item_from_tree(item)
