@@ -145,6 +145,9 @@ def split_huge_page(mem, page: int) -> int:
     folio.flags = PG_FREED                 # the large folio no longer exists
     folio.refcount = 0
     folio.mapcount = 0
+    for f in new:
+        if f.refcount == 0:                # a page nobody maps any more goes back now
+            mem._free_folio(f)
     _count_split(mem, folio.order, failed=False)
     if mem.thp.split_zero_remap:
         _remap_zero_subpages(mem, mm_mod, maps, new, head)

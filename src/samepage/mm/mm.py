@@ -119,6 +119,11 @@ class Vma:
     def nr_pages(self) -> int:
         return (self.end - self.start) >> PAGE_SHIFT
 
+    def pmd_base(self, i: int) -> int:
+        """Slot of the first page of the 2 MiB block that holds slot ``i``."""
+        vpn0 = self.start >> PAGE_SHIFT
+        return ((vpn0 + i) & ~(HPAGE_PMD_NR - 1)) - vpn0
+
     def contains(self, addr: int) -> bool:
         return self.start <= addr < self.end
 
@@ -309,8 +314,7 @@ class MM:
 
     def split_huge_pmd(self, vma: Vma, i: int) -> None:
         """``__split_huge_pmd``: the PMD mapping around slot ``i`` becomes 512 PTEs."""
-        vpn0 = vma.start >> PAGE_SHIFT
-        base = ((vpn0 + i) & ~(HPAGE_PMD_NR - 1)) - vpn0
+        base = vma.pmd_base(i)
         ptef = vma.ptef
         if not ptef[base] & PTE_PMD:
             return
@@ -320,7 +324,7 @@ class MM:
             folio.page_mapcount[k] += 1
         folio.mapcount += HPAGE_PMD_NR - 1
         folio.refcount += HPAGE_PMD_NR - 1
-        self.pte_tables.add((vpn0 + base) >> HPAGE_PMD_ORDER)
+        self.pte_tables.add(((vma.start >> PAGE_SHIFT) + base) >> HPAGE_PMD_ORDER)
 
     def _add_new_anon_rmap(self, folio: Folio, vma: Vma, i: int) -> None:
         """``folio_add_new_anon_rmap`` for an order-0 folio mapped exclusively at ``i``."""
@@ -350,8 +354,7 @@ class MM:
         this mapping holds it), else split the PMD so the PTE-level fault copies one page.
         Returns True when the PMD was reused."""
         mem = self.mem
-        vpn0 = vma.start >> PAGE_SHIFT
-        base = ((vpn0 + i) & ~(HPAGE_PMD_NR - 1)) - vpn0
+        base = vma.pmd_base(i)
         head = vma.pte[base]
         folio = mem.page_folio[head]
         if mem.page_flags[head] & PAGE_ANON_EXCLUSIVE or folio.refcount == 1:
@@ -466,8 +469,7 @@ class MM:
                 continue
             f = ptef[i]
             if f & PTE_PMD:
-                vpn0 = vma.start >> PAGE_SHIFT
-                base = ((vpn0 + i) & ~(HPAGE_PMD_NR - 1)) - vpn0
+                base = vma.pmd_base(i)
                 if base >= lo and base + HPAGE_PMD_NR <= hi:
                     folio = pf[pte[base]]
                     for k in range(base, base + HPAGE_PMD_NR):
