@@ -305,3 +305,13 @@ def validate(
         print(f"samepage: error: {failed} of {len(scenarios)} scenario files failed",
               file=sys.stderr)
         raise typer.Exit(EXIT_ERROR)
+
+
+# ------------------------------------------------------------------------------ the live kernel
+# (registered last: these modules import the helpers above)
+
+from .compare import compare as _compare_command  # noqa: E402
+from .kernel import kernel_app  # noqa: E402
+
+app.add_typer(kernel_app, name="kernel")
+app.command("compare")(_compare_command)

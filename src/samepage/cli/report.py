@@ -91,8 +91,11 @@ def print_batch_table(console: Console, records: Sequence[dict[str, Any]],
 
 
 def process_table(final: dict[str, Any] | None) -> Table:
-    """The final record's per-process ksm_stat fields."""
-    t = Table(title="per process (/proc/PID/ksm_stat)", box=box.SIMPLE_HEAD, padding=(0, 1),
+    """The final record's per-process ksm_stat fields; the title names the kernel release
+    (the live kernel's, or the one the model follows)."""
+    kernel = (final or {}).get("kernel")
+    title = "per process (/proc/PID/ksm_stat)" + (f", Linux {kernel}" if kernel else "")
+    t = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1),
               pad_edge=False, title_justify="left")
     t.add_column("process", style="cyan")
     for key in PROCESS_KEYS:
@@ -154,14 +157,15 @@ def summarize(records: Sequence[dict[str, Any]], cpu_ms: float | None = None) ->
     )
 
 
-def summary_lines(s: Summary) -> list[str]:
-    """The summary as rich-markup lines."""
+def summary_lines(s: Summary, time_label: str = "simulated time") -> list[str]:
+    """The summary as rich-markup lines (``time_label``: "simulated time" on the model,
+    "measured time" on the kernel)."""
     lines = [
         f"[bold]pages saved[/]     {mib(s.saved_bytes)}  "
         f"[dim](pages_sharing + ksm_zero_pages) x 4 KiB[/]",
         f"[bold]general_profit[/]  {s.general_profit} bytes ({mib(s.general_profit)})",
         f"[bold]full scans[/]      {s.full_scans}",
-        f"[bold]simulated time[/]  {s.t_ms / 1000:.3f} s over {s.batches} batches",
+        f"[bold]{time_label:<15}[/] {s.t_ms / 1000:.3f} s over {s.batches} batches",
     ]
     if s.cpu_ms is not None:
         share = f" ({100 * s.cpu_ms / s.t_ms:.1f}% of one CPU)" if s.t_ms > 0 else ""

@@ -59,6 +59,28 @@ def ksm_lock(timeout: float | None = None, *, path: str = LOCK_PATH) -> Iterator
         _guard.release()
 
 
+def _holder(fd: int) -> str:
+    """" (pid N, COMM)" for the pid the lock holder wrote into the lock file, if readable."""
+    try:
+        pid = int(os.pread(fd, 32, 0).split()[0])
+    except (OSError, ValueError, IndexError):
+        return ""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f" (pid {pid}, {f.read().strip()})"
+    except OSError:
+        return f" (pid {pid})"
+
+
+def lock_holder(path: str = LOCK_PATH) -> int | None:
+    """The pid written into the lock file by its last holder (it may have finished), or None."""
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @contextmanager
 def _flock(path: str, timeout: float | None) -> Iterator[int]:
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -77,8 +99,8 @@ def _flock(path: str, timeout: float | None) -> Iterator[int]:
                         raise
                     if time.monotonic() >= deadline:
                         raise KsmLockTimeout(
-                            f"{path} is held by another process (another samepage kernel run?); "
-                            f"gave up after {timeout:g} s") from None
+                            f"{path} is held by another process{_holder(fd)} (another "
+                            f"samepage kernel run?); gave up after {timeout:g} s") from None
                     time.sleep(0.05)
         try:
             os.ftruncate(fd, 0)

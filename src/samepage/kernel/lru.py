@@ -171,7 +171,19 @@ class LruWatch:
         """Check the batch after a group of events; returns a summary for diagnostics."""
         post = self.snapshot(workers)
         old = {p for p in self._pre.values() if p is not None}
-        new = {p for p in post.values() if p is not None and p not in old}
+        # A page is new where an address now maps another frame than before the events (a
+        # frame freed by the events -- e.g. a KSM page whose last mapping was written to --
+        # is reused at once by the next fault, so "a frame not seen before" would miss it);
+        # at addresses that did not exist before (a forked child), a frame not seen before.
+        new = set()
+        for key, pfn in post.items():
+            if pfn is None:
+                continue
+            if key in self._pre:
+                if self._pre[key] != pfn:
+                    new.add(pfn)
+            elif pfn not in old:
+                new.add(pfn)
         big = ((1 << KPF_COMPOUND_HEAD) | (1 << KPF_COMPOUND_TAIL) | (1 << KPF_THP)
                | (1 << KPF_ZERO_PAGE))
         new_flags = page_flags(new)

@@ -1,5 +1,8 @@
 """Record a scenario on the live kernel: ``python -m samepage.kernel.record SCENARIO.toml -o TRACE.jsonl``.
 
+(The same as ``samepage kernel record SCENARIO -o TRACE.jsonl``, which prints the tables of
+``samepage run``; this module is the minimal, dependency-free form used by scripts and tests.)
+
 Takes the KSM lock, runs the scenario (samepage.kernel.runner), writes the trace as JSON Lines
 and prints a table of the batches to stderr. Every process the run creates is announced on
 stderr as ``# pid NAME PID`` as soon as it exists (so a supervisor can check none is left).
@@ -14,6 +17,24 @@ import json
 import sys
 
 from .runner import Terminated, UnreliableTrace, run_scenario_on_kernel
+
+
+def run_with_retries(scenario, *, retries: int = 0, on_retry=None, info: dict | None = None,
+                     **kwargs) -> tuple[list[dict], dict]:
+    """``run_scenario_on_kernel(scenario, info=info, **kwargs)``, run again up to ``retries``
+    times when the run was unreliable (UnreliableTrace: a busy machine). ``on_retry(error)`` is
+    called before each new attempt. Used by this module and by ``samepage kernel run/record``."""
+    info = info if info is not None else {}
+    for attempt in range(retries + 1):
+        info.clear()
+        try:
+            return run_scenario_on_kernel(scenario, info=info, **kwargs)
+        except UnreliableTrace as e:
+            if attempt == retries:
+                raise
+            if on_retry is not None:
+                on_retry(e)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 _COLS = ("pages_shared", "pages_sharing", "pages_unshared", "pages_volatile", "full_scans",
          "pages_scanned", "pages_skipped", "stable_node_chains", "stable_node_dups",
@@ -48,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="do not watch the workers' CPU's LRU batch for other processes' pages")
     ap.add_argument("--retries", type=int, default=0, metavar="N",
                     help="run again, up to N times, when a run is unreliable (a busy machine)")
+    ap.add_argument("--force", action="store_true",
+                    help="run even if other processes have mergeable memory (they would be "
+                         "unmerged by run = 2 and scanned with the scenario's pages)")
     ap.add_argument("-q", "--quiet", action="store_true", help="no table on stderr")
     args = ap.parse_args(argv)
 
@@ -76,17 +100,12 @@ def main(argv: list[str] | None = None) -> int:
 
     info: dict = {}
     try:
-        for attempt in range(args.retries + 1):
-            info.clear()
-            try:
-                records, final = run_scenario_on_kernel(
-                    scenario, progress=progress, lock_timeout=args.lock_timeout,
-                    drain_lru=args.drain_lru, check_lru=args.check_lru, info=info)
-                break
-            except UnreliableTrace as e:
-                if attempt == args.retries:
-                    raise
-                print(f"# unreliable run ({e}); retrying", file=sys.stderr, flush=True)
+        records, final = run_with_retries(
+            scenario, retries=args.retries, info=info, progress=progress,
+            lock_timeout=args.lock_timeout, drain_lru=args.drain_lru,
+            check_lru=args.check_lru, force=args.force,
+            on_retry=lambda e: print(f"# unreliable run ({e}); retrying", file=sys.stderr,
+                                     flush=True))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -49,10 +49,26 @@ Progress = Callable[[str, dict[str, Any]], None]
 
 
 class Terminated(SystemExit):
-    """Raised in the main thread when the harness receives SIGTERM during a run."""
+    """Raised in the main thread when the harness receives SIGTERM (or SIGHUP) during a run."""
 
-    def __init__(self) -> None:
-        super().__init__(128 + signal.SIGTERM)
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+class ForeignKsmUsers(RuntimeError):
+    """Other processes have mergeable memory: ``run = 2`` at set-up would unmerge them, and
+    ksmd would scan them with the scenario's pages. ``processes``: "PID (comm)" strings."""
+
+    def __init__(self, processes: list[str]) -> None:
+        self.processes = processes
+        n = len(processes)
+        shown = ", ".join(processes[:8]) + (f" and {n - 8} more" if n > 8 else "")
+        super().__init__(
+            f"{n} other process{'es' if n != 1 else ''} on this machine ha{'ve' if n != 1 else 's'} "
+            f"mergeable memory ({shown}): the run would unmerge their pages (run = 2) and "
+            "ksmd would scan them with the scenario's, so the trace would not be the "
+            "scenario's; stop them first, or force the run (--force)")
 
 
 # --------------------------------------------------------------------------- validation
@@ -72,9 +88,13 @@ def check_scenario(scenario) -> None:
         raise ValueError("[ksm] run: the harness controls run itself (set-up order)")
     sleep = int(ksm["sleep_millisecs"])
     if sleep < MIN_SLEEP_MS:
+        what = (f"sleep_millisecs = {sleep}" if "sleep_millisecs" in scenario.ksm else
+                f"sleep_millisecs is not set, so the kernel default {sleep} applies")
         raise ValueError(
-            f"sleep_millisecs = {sleep}: the kernel harness needs sleep_millisecs >= "
-            f"{MIN_SLEEP_MS} to tell ksmd's batches apart reliably (set it in [ksm])")
+            f"{what}: too short for the live kernel, whose batches are told apart by watching "
+            f"ksmd sleep between them; use sleep_millisecs = 150 (at least {MIN_SLEEP_MS}) in "
+            "[ksm] -- the counters of each batch do not depend on it, only t_ms does -- or "
+            "run the scenario as it is on the model (samepage run)")
     run = 1
     batches = scenario.run.batches
     for b in range(1, batches + 1):
@@ -116,19 +136,21 @@ def _sigterm_raises() -> Iterator[None]:
         return
 
     def handler(signum, frame):
-        raise Terminated()
+        raise Terminated(signum)
 
     old = signal.signal(signal.SIGTERM, handler)
+    old_hup = signal.signal(signal.SIGHUP, handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGHUP, old_hup)
 
 
 @contextmanager
 def _signals_blocked() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM back during clean-up; they are delivered afterwards."""
-    sigs = {signal.SIGINT, signal.SIGTERM}
+    """Hold SIGINT/SIGTERM/SIGHUP back during clean-up; they are delivered afterwards."""
+    sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
     old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
     try:
         yield
@@ -170,7 +192,9 @@ def clear_saved_state(path: str = STATE_PATH) -> None:
 
 
 def foreign_ksm_users(ours: set[int]) -> list[str]:
-    """Processes other than ``ours`` with mergeable memory (they would be scanned too)."""
+    """Processes other than ``ours`` with mergeable memory (they would be scanned too): a
+    /proc/PID/ksm_stat saying ``ksm_mergeable yes`` or ``ksm_merge_any yes``, or with
+    ``ksm_rmap_items`` > 0. Returned as "PID (comm)" strings."""
     out = []
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) in ours:
@@ -285,9 +309,21 @@ def _describe(ev) -> str:
 # --------------------------------------------------------------------------- the run
 
 
+def _wait_for_no_foreign_users(timeout: float = 2.0) -> list[str]:
+    """The other processes with mergeable memory. Workers of an earlier run that died (they
+    exit by themselves at the end of file on their socket) are given ``timeout`` seconds to go."""
+    deadline = time.monotonic() + timeout
+    while True:
+        foreign = foreign_ksm_users({os.getpid()})
+        if not foreign or time.monotonic() > deadline or \
+                not all("(ksm-worker" in f for f in foreign):
+            return foreign
+        time.sleep(0.05)
+
+
 def run_scenario_on_kernel(scenario, *, progress: Progress | None = None,
                            lock_timeout: float | None = None, drain_lru: bool = False,
-                           check_lru: bool = True,
+                           check_lru: bool = True, force: bool = False,
                            info: dict | None = None) -> tuple[list[dict], dict]:
     """Run ``scenario`` (a samepage.scenario.Scenario) on the live KSM.
 
@@ -307,10 +343,14 @@ def run_scenario_on_kernel(scenario, *, progress: Progress | None = None,
     ``check_lru`` (default True, needs root and /proc/kpageflags): keep the workers' CPU's
     LRU batch free of other processes' pages before each group of events, and raise
     UnreliableTrace if foreign pages disturbed it anyway (samepage.kernel.lru.LruWatch).
+    ``force`` (default False): run even if other processes on the machine have mergeable
+    memory (:func:`foreign_ksm_users`; checked before anything is written). Without it the
+    run refuses with :class:`ForeignKsmUsers`, since ``run = 2`` would unmerge their pages.
     ``info``, if given, is filled with diagnostics: pids, per-batch timing, ksmd wake-ups.
 
     Raises ValueError for scenarios the harness refuses (check_scenario), PermissionError
-    when KSM is not writable, KsmdError / UnreliableTrace when batches could not be told apart.
+    when KSM is not writable, KsmLockTimeout when another run holds the lock, ForeignKsmUsers,
+    KsmdError / UnreliableTrace when batches could not be told apart.
     """
     from samepage.scenario import format_batch_record, format_final_record
 
@@ -325,7 +365,9 @@ def run_scenario_on_kernel(scenario, *, progress: Progress | None = None,
         if progress is not None:
             progress(kind, data)
 
+    t_lock = time.monotonic()
     with ksm_lock(lock_timeout), _sigterm_raises():
+        info["lock_wait_s"] = round(time.monotonic() - t_lock, 3)
         stale = load_saved_state()
         if stale is not None:
             # a previous run died without restoring (SIGKILL, power cut): its saved values
@@ -333,6 +375,15 @@ def run_scenario_on_kernel(scenario, *, progress: Progress | None = None,
             errs = sysfs.restore_settings(stale.get("ksm", {})) + sysfs.restore_thp(stale.get("thp", {}))
             report("setup", {"message": "restored the settings a previous, killed run left behind"
                              + (f" (errors: {'; '.join(errs)})" if errs else "")})
+            if not errs:
+                clear_saved_state()
+        foreign = _wait_for_no_foreign_users(1.0 if stale is None else 3.0)
+        info["foreign_ksm_users"] = foreign
+        if foreign and not force:
+            raise ForeignKsmUsers(foreign)
+        if foreign:
+            report("setup", {"message": "--force: running although other processes have "
+                             "mergeable memory: " + ", ".join(foreign)})
         saved = sysfs.save_settings()
         saved_thp = sysfs.save_thp()
         write_saved_state(saved, saved_thp)
@@ -356,7 +407,7 @@ def run_scenario_on_kernel(scenario, *, progress: Progress | None = None,
                 watch = LruWatch(home)
             info["lru_watch"] = watch is not None
             result = _run(scenario, ws, ksmd, report, drain_lru, info,
-                          format_batch_record, format_final_record, watch)
+                          format_batch_record, format_final_record, watch, force)
             failed = False
             return result
         finally:
@@ -385,7 +436,7 @@ def run_scenario_on_kernel(scenario, *, progress: Progress | None = None,
 
 def _run(scenario, ws: WorkerSet, ksmd: Ksmd, report, drain_lru: bool, info: dict,
          format_batch_record, format_final_record,
-         watch: LruWatch | None = None) -> tuple[list[dict], dict]:
+         watch: LruWatch | None = None, force: bool = False) -> tuple[list[dict], dict]:
     ksm = _effective_ksm(scenario)
     sleep_s = int(ksm["sleep_millisecs"]) / 1000
 
@@ -420,10 +471,9 @@ def _run(scenario, ws: WorkerSet, ksmd: Ksmd, report, drain_lru: bool, info: dic
                 w.madvise(r.name, None, MADV_MERGEABLE)
     report("setup", {"message": f"{len(scenario.processes)} processes created and filled"})
 
-    foreign = foreign_ksm_users(set(ws.pids()))
-    if foreign:
-        raise RuntimeError("other processes have mergeable memory and would be scanned with "
-                           "the scenario's: " + ", ".join(foreign))
+    foreign = foreign_ksm_users(set(ws.pids()) | {os.getpid()})
+    if foreign and not force:
+        raise ForeignKsmUsers(foreign)
     while time.monotonic() < quiet_after:
         time.sleep(0.005)
     s0 = ksmd.wait_asleep()
