@@ -249,6 +249,7 @@ def _apply_settings(scenario, progress: Progress | None) -> None:
         want = "inherit" if (kb in m.mthp_kb or kb == pmd_kb) else "never"
         if sysfs.read_mthp(kb) != want:
             sysfs.write_thp_file(os.path.join(sysfs.THP_DIR, f"hugepages-{kb}kB", "enabled"), want)
+    sysfs.quiet_khugepaged()
 
 
 def _relative(counters: dict[str, int], base: dict[str, int]) -> dict[str, int]:

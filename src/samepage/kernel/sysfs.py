@@ -226,15 +226,38 @@ def write_thp_file(path: str, value: str) -> None:
         raise OSError(e.errno, f"writing {value!r} to {path}: {os.strerror(e.errno)}", path) from None
 
 
+KHUGEPAGED_SLEEP = os.path.join(THP_DIR, "khugepaged", "scan_sleep_millisecs")
+KHUGEPAGED_QUIET_MS = "86400000"   # a day: no khugepaged pass during a recording
+
+
 def save_thp() -> dict[str, str]:
-    """transparent_hugepage/enabled and every hugepages-*/enabled, by path."""
+    """transparent_hugepage/enabled, every hugepages-*/enabled and khugepaged's scan
+    interval, by path."""
     out = {}
     mode = thp_enabled()
     if mode is not None:
         out[os.path.join(THP_DIR, "enabled")] = mode
     for kb in mthp_sizes():
         out[_mthp_path(kb)] = read_mthp(kb)
+    try:
+        with open(KHUGEPAGED_SLEEP) as f:
+            out[KHUGEPAGED_SLEEP] = f.read().strip()
+    except OSError:
+        pass
     return out
+
+
+def quiet_khugepaged() -> None:
+    """khugepaged may collapse pages KSM split back into a THP mid-run, taking page
+    references at unpredictable times (docs/thp-findings.md).  Writing the interval wakes
+    it for one pass, so this is done before any scenario page is mapped."""
+    try:
+        with open(KHUGEPAGED_SLEEP) as f:
+            if f.read().strip() == KHUGEPAGED_QUIET_MS:
+                return
+        write_thp_file(KHUGEPAGED_SLEEP, KHUGEPAGED_QUIET_MS)
+    except OSError:
+        pass
 
 
 def restore_thp(saved: dict[str, str]) -> list[str]:
