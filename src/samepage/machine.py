@@ -19,6 +19,7 @@ ksmd runs only when asked (``run_batches``/``run_full_scans``): each batch is
 from __future__ import annotations
 
 import errno
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -39,6 +40,34 @@ ADVICE = {"mergeable": MADV_MERGEABLE, "unmergeable": MADV_UNMERGEABLE,
 
 class SyscallError(OSError):
     """A simulated system call failed; ``errno`` is the kernel's."""
+
+
+def _fmt(a) -> str:
+    if isinstance(a, Vma):
+        return a.name or hex(a.start)
+    if isinstance(a, str):
+        return a
+    if isinstance(a, (bytes, bytearray)):
+        return f"<{len(a)} bytes>"
+    r = repr(a)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def _api(fn):
+    """An API operation: with the sanitizer on, one step, checked afterwards."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kw):
+        machine = self.machine if isinstance(self, Process) else self
+        san = machine.sanitizer
+        if san is None:
+            return fn(self, *args, **kw)
+        actor = self.name if isinstance(self, Process) else "machine"
+        shown = [_fmt(a) for a in args] + [f"{k}={_fmt(v)}" for k, v in kw.items()]
+        text = f"{name}({', '.join(shown)})"
+        return san.api(machine, actor, text, fn, self, *args, **kw)
+    return wrapper
 
 
 def _check(ret: int, what: str) -> int:
@@ -81,6 +110,7 @@ class Process:
         return self.region(region) if isinstance(region, str) else region
 
     # -- system calls -----------------------------------------------------------------
+    @_api
     def mmap(self, pages: int, name: str | None = None, thp: str = "default") -> Vma:
         """``mmap(MAP_PRIVATE|MAP_ANONYMOUS)`` of ``pages`` pages as its own VMA;
         ``thp`` = "huge" / "nohuge" applies MADV_HUGEPAGE / MADV_NOHUGEPAGE."""
@@ -91,10 +121,12 @@ class Process:
             self.madvise(vma, "nohugepage")
         return vma
 
+    @_api
     def munmap(self, region: Vma | str) -> None:
         vma = self._vma(region)
         self.mm.munmap(vma.start, vma.end - vma.start)
 
+    @_api
     def madvise(self, region: Vma | str, advice: str | int,
                 pages: Iterable[int] | None = None) -> None:
         vma = self._vma(region)
@@ -106,6 +138,7 @@ class Process:
             start = vma.start + (lo << PAGE_SHIFT)
             _check(self.mm.madvise(start, (hi - lo) << PAGE_SHIFT, adv), "madvise")
 
+    @_api
     def write(self, region: Vma | str, pages: Iterable[int] | int, content: Content) -> None:
         """Store ``content`` (a token or 4096 bytes) into the given pages of a region."""
         vma = self._vma(region)
@@ -116,6 +149,7 @@ class Process:
                 raise IndexError(f"page {i} outside region {vma.name} of {vma.nr_pages} pages")
             self.mm.write_page(vma.start + (i << PAGE_SHIFT), content)
 
+    @_api
     def fill(self, region: Vma | str, tokens: Iterable[Content]) -> None:
         vma = self._vma(region)
         for i, t in enumerate(tokens):
@@ -125,16 +159,20 @@ class Process:
         vma = self._vma(region)
         return self.mm.read_page(vma.start + (page << PAGE_SHIFT))
 
+    @_api
     def zap(self, region: Vma | str, pages: Iterable[int]) -> None:
         """``madvise(MADV_DONTNEED)`` on the given pages."""
         self.madvise(region, "dontneed", pages)
 
+    @_api
     def fork(self, child: str) -> "Process":
         return self.machine._adopt(self.mm.fork(child))
 
+    @_api
     def exit(self) -> None:
         self.mm.exit()
 
+    @_api
     def prctl_set_memory_merge(self, value: bool) -> None:
         _check(self.mm.prctl(PR_SET_MEMORY_MERGE, 1 if value else 0), "prctl")
 
@@ -172,11 +210,12 @@ class Machine:
 
     def __init__(self, numa_nodes: int = 1, costs: CostModel | None = None, *,
                  thp: str = "madvise", mthp_kb=(), split_zero_remap: bool = True,
-                 same_folio: str = "v6.18"):
+                 same_folio: str = "v6.18", sanitize: bool = False):
         """``thp``: transparent_hugepage/enabled; ``mthp_kb``: extra large-folio sizes set to
         ``inherit``; ``split_zero_remap``: remap zero-filled subpages on a split (6.18);
         ``same_folio``: the merge strategy for a same-folio pair (``v6.18``, ``early-put``,
-        ``split-retry``; see samepage.ksm.same_folio)."""
+        ``split-retry``; see samepage.ksm.same_folio); ``sanitize``: check every folio
+        operation and the whole state after every step (samepage.sanitizer; slower)."""
         self.mem = Memory(numa_nodes)
         self.mem.thp.enabled = thp
         self.mem.thp.enable_mthp_kb(mthp_kb)
@@ -186,8 +225,13 @@ class Machine:
         self.processes: dict[str, Process] = {}
         self.batches = 0
         self.t0_ns = 0
+        self.sanitizer = None
+        if sanitize:
+            from samepage.sanitizer import Sanitizer
+            self.sanitizer = Sanitizer().attach(self)
 
     # -- processes --------------------------------------------------------------------------
+    @_api
     def spawn(self, name: str, merge_any: bool = False, numa_node: int = 0) -> Process:
         if name in self.processes:
             raise ValueError(f"process {name!r} exists")
@@ -205,6 +249,7 @@ class Machine:
         return self.processes[name]
 
     # -- sysfs ------------------------------------------------------------------------------
+    @_api
     def sysfs_write(self, name: str, value) -> None:
         was_running = self.ksm.ksmd_should_run()
         sysfs_write(self.ksm, name, value)
@@ -227,6 +272,12 @@ class Machine:
     def run_batch(self) -> BatchResult | None:
         """One iteration of ksmd: a batch of ``pages_to_scan`` pages, then a sleep.
         Returns None (and advances no time) when ksmd would not run."""
+        if self.sanitizer is not None:
+            return self.sanitizer.api(self, "ksmd", f"batch {self.batches + 1}",
+                                      self._run_batch)
+        return self._run_batch()
+
+    def _run_batch(self) -> BatchResult | None:
         ksm = self.ksm
         if not ksm.ksmd_should_run():
             return None

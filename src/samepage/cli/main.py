@@ -80,9 +80,10 @@ class Run:
     """A scenario run on the model: its batch records, final record and machine."""
 
     def __init__(self, scenario: Scenario, batches: int | None = None,
-                 same_folio: str | None = None) -> None:
+                 same_folio: str | None = None, sanitize: bool = False) -> None:
         self.scenario = scenario
         self.same_folio = same_folio
+        self.sanitize = sanitize
         self.total = batches if batches is not None else scenario.run.batches
         self.records: list[dict[str, Any]] = []
         self.final: dict[str, Any] | None = None
@@ -102,7 +103,7 @@ class Run:
         """Run, yielding every record as it is produced (batch records, then the final one)."""
         t0 = time.perf_counter()
         for rec in iter_model_trace(self.scenario, self.total, self._machine,
-                                    same_folio=self.same_folio):
+                                    same_folio=self.same_folio, sanitize=self.sanitize):
             if "batch" in rec:
                 self.records.append(rec)
             else:
@@ -132,9 +133,15 @@ def run(
         "--same-folio", metavar="STRATEGY",
         help="How a pair of pages in one large folio is merged: v6.18 (default), early-put, "
              "split-retry, or 'all' to compare them side by side.")] = None,
+    sanitize: Annotated[bool, typer.Option(
+        "--sanitize", help="Check every folio operation and the whole state after every "
+                           "step (slower); a bug found is reported on stderr, exit status 1.")
+    ] = False,
 ) -> None:
     """Run a scenario on the model and print the KSM counters after every ksmd batch."""
     sc = load(scenario)
+    if sanitize and same_folio == "all":
+        error_exit("--sanitize takes one strategy, not --same-folio all")
     if same_folio is not None and same_folio not in SAME_FOLIO_CHOICES:
         error_exit(f"--same-folio: unknown strategy {same_folio!r} "
                    f"(one of {', '.join(SAME_FOLIO_CHOICES)})")
@@ -149,15 +156,21 @@ def run(
         return
     check_plot(plot)
     title = scenario_title(sc, scenario)
-    r = Run(sc, batches, same_folio)
+    r = Run(sc, batches, same_folio, sanitize)
     out = sys.stdout
+    from samepage.sanitizer import SanitizerReport
     with reported_errors():
-        with LazyProgress(r.total, enabled=not quiet) as progress:
-            for rec in r:
-                if json_out:
-                    write_trace_jsonl([rec], out)
-                if "batch" in rec:
-                    progress.advance()
+        try:
+            with LazyProgress(r.total, enabled=not quiet) as progress:
+                for rec in r:
+                    if json_out:
+                        write_trace_jsonl([rec], out)
+                    if "batch" in rec:
+                        progress.advance()
+        except SanitizerReport as rep:
+            out.flush()
+            print(f"samepage: {rep}", file=sys.stderr, flush=True)
+            raise typer.Exit(1) from None
         if json_out:
             out.flush()
         if plot is not None:

@@ -161,6 +161,32 @@ class Ksm(KsmHooks):
         self.cpu_ns += self.costs.checksum_ns
         return calc_checksum_content(self.mem.page_content[pfn])
 
+    def set_sanitizer_checks(self, on: bool) -> None:
+        """With ``mem.sanitizer`` set: check every content read of the helpers below
+        (bound on this instance only: an unsanitized Ksm runs the plain code)."""
+        for name in ("memcmp_pages", "calc_checksum"):
+            if on:
+                setattr(self, name, getattr(self, "_sanitized_" + name))
+            else:
+                self.__dict__.pop(name, None)
+
+    def _sanitized_page(self, pfn: int, op: str) -> None:
+        mem = self.mem
+        folio = mem.page_folio[pfn]
+        if folio is None:
+            mem.sanitizer.freed_page_used(pfn, op)
+        elif folio.flags & PG_FREED:
+            mem.sanitizer.folio_misuse("use-after-free", folio, op)
+
+    def _sanitized_memcmp_pages(self, a: int, b: int) -> int:
+        self._sanitized_page(a, "memcmp_pages")
+        self._sanitized_page(b, "memcmp_pages")
+        return Ksm.memcmp_pages(self, a, b)
+
+    def _sanitized_calc_checksum(self, pfn: int) -> int:
+        self._sanitized_page(pfn, "calc_checksum")
+        return Ksm.calc_checksum(self, pfn)
+
     # ------------------------------------------------------------------------------------
     # mm slots
     def __ksm_enter(self, mm: MM) -> int:
@@ -852,6 +878,8 @@ class Ksm(KsmHooks):
         mem = self.mem
         mm = vma.mm
         folio = mem.page_folio[page]
+        if folio is None and mem.sanitizer is not None:
+            mem.sanitizer.freed_page_used(page, "replace_page")
         i = mem.page_index[folio.pfn] - vma.pgoff
         if vma.ptef[i] & PTE_PMD:
             self._fail("replace_page: PMD mapping")
@@ -861,6 +889,8 @@ class Ksm(KsmHooks):
             return EFAULT
         if kpage != ZERO_PFN:
             kfolio = mem.page_folio[kpage]
+            if mem.sanitizer is not None:
+                mem.sanitizer.check_map(kpage, kfolio, "replace_page: map kpage")
             mem.folio_get(kfolio)
             kfolio.mapcount += 1               # folio_add_anon_rmap_pte
             vma.pte[i] = kpage
@@ -883,6 +913,8 @@ class Ksm(KsmHooks):
         mem = self.mem
         self.cpu_ns += self.costs.merge_one_ns
         folio = mem.page_folio[page]
+        if folio is None and mem.sanitizer is not None:
+            mem.sanitizer.freed_page_used(page, "try_to_merge_one_page")
         if page == kpage:                      # KSM page forked
             return 0
         if not folio.flags & PG_ANON:

@@ -70,7 +70,7 @@ def unstable_merge_early_put(ksm, item, page: int) -> None:
         mem.folio_put(tree_folio)            # drop "one of both" references early
     kfolio = ksm.try_to_merge_two_pages(item, page, tree_item, tree_page)
     if not same_folio:
-        mem.folio_put(mem.page_folio[tree_page])
+        mem.folio_put(mem.page_folio_used(tree_page, "folio_put tree_page"))
     if kfolio is not None:
         ksm.stable_tree_insert_pair(kfolio, tree_item, item)
 
@@ -103,7 +103,7 @@ def unstable_merge_split_retry(ksm, item, page: int) -> None:
             ksm._fail("cmp_and_merge_page: same-folio split_huge_page failed")
             return
     kfolio = ksm.try_to_merge_two_pages(item, page, tree_item, tree_page)
-    mem.folio_put(mem.page_folio[tree_page])
+    mem.folio_put(mem.page_folio_used(tree_page, "folio_put tree_page"))
     if kfolio is not None:
         ksm.stable_tree_insert_pair(kfolio, tree_item, item)
 

@@ -136,7 +136,8 @@ class Memory:
         self.ksm = None                        # the KSM hooks (samepage.mm.hooks.KsmHooks)
         from .huge import ThpPolicy
         self.thp = ThpPolicy()                 # /sys/kernel/mm/transparent_hugepage
-        self.observer = None                   # optional sanitizer (later)
+        self.sanitizer = None                  # optional: see samepage.mm.hooks.SanitizerHooks
+        self.freed: dict = {}                  # sanitizer only: pfn -> the last folio freed there
         # the shared zero page lives in pfn 0 of node 0
         zero_pfn = self._alloc_frames(0, 0)
         assert zero_pfn == ZERO_PFN
@@ -200,12 +201,14 @@ class Memory:
             pf[p] = None
             free.append(p)
         self.nr_free_frames += 1 << folio.order
-        if self.observer is not None:
-            self.observer.folio_freed(folio)
+        if self.sanitizer is not None:
+            self.sanitizer.folio_freed(folio)
 
     # -- references ---------------------------------------------------------------------
     def folio_get(self, folio: Folio) -> None:
         if folio.flags & PG_FREED or folio.refcount <= 0:
+            if self.sanitizer is not None:
+                self.sanitizer.folio_misuse("use-after-free", folio, "folio_get")
             raise MemoryError_(f"folio_get on a freed folio {folio!r}")
         folio.refcount += 1
 
@@ -218,6 +221,8 @@ class Memory:
 
     def folio_put(self, folio: Folio) -> None:
         if folio.flags & PG_FREED or folio.refcount <= 0:
+            if self.sanitizer is not None:
+                self.sanitizer.folio_misuse("put-on-zero-refcount", folio, "folio_put")
             raise MemoryError_(f"folio_put on a freed folio {folio!r}")
         folio.refcount -= 1
         if folio.refcount == 0:
@@ -242,8 +247,76 @@ class Memory:
 
     def folio_unlock(self, folio: Folio) -> None:
         if not folio.flags & PG_LOCKED:
+            if self.sanitizer is not None:
+                self.sanitizer.folio_misuse(
+                    "use-after-free" if folio.flags & PG_FREED else "unlock-unlocked",
+                    folio, "folio_unlock")
             raise MemoryError_(f"folio_unlock of an unlocked folio {folio!r}")
         folio.flags &= ~PG_LOCKED
+
+    # -- the sanitizer (samepage.sanitizer): checked variants, bound on the instance -------
+    def set_sanitizer(self, sanitizer) -> None:
+        """Install (or with None remove) a sanitizer.  The checked variants of the folio
+        operations below replace the plain ones on this instance only, so that an
+        unsanitized Memory runs exactly the plain code."""
+        self.sanitizer = sanitizer
+        for name in ("folio_get", "folio_try_get", "folio_put", "folio_trylock", "folio_lock",
+                     "folio_unlock"):
+            if sanitizer is None:
+                self.__dict__.pop(name, None)
+            else:
+                setattr(self, name, getattr(self, "_sanitized_" + name))
+
+    def page_folio_used(self, pfn: int, op: str):
+        """``page_folio(page)`` at a site that uses a page it may not hold a reference on:
+        with the sanitizer on, a freed page is reported (``op`` names the use)."""
+        folio = self.page_folio[pfn]
+        if folio is None and self.sanitizer is not None:
+            self.sanitizer.freed_page_used(pfn, op)
+        return folio
+
+    def _sanitized_folio_get(self, folio: Folio) -> None:
+        if folio.flags & PG_FREED:
+            self.sanitizer.folio_misuse("use-after-free", folio, "folio_get")
+        self.sanitizer.folio_op("folio_get", folio)
+        Memory.folio_get(self, folio)
+
+    def _sanitized_folio_try_get(self, folio: Folio) -> bool:
+        ok = Memory.folio_try_get(self, folio)
+        if ok:
+            self.sanitizer.folio_op("folio_try_get", folio)
+        return ok
+
+    def _sanitized_folio_put(self, folio: Folio) -> None:
+        s = self.sanitizer
+        if folio.refcount <= 0 or folio.flags & PG_FREED:
+            s.folio_misuse("put-on-zero-refcount", folio, "folio_put")
+        if folio.refcount - 1 < folio.mapcount + folio.pincount and not folio.flags & PG_ZERO:
+            s.folio_misuse("refcount-below-mapcount", folio, "folio_put",
+                           f"refcount would drop to {folio.refcount - 1} < mapcount "
+                           f"{folio.mapcount} + pins {folio.pincount}")
+        s.folio_op("folio_put", folio)
+        Memory.folio_put(self, folio)
+
+    def _sanitized_folio_trylock(self, folio: Folio) -> bool:
+        if folio.flags & PG_FREED:
+            self.sanitizer.folio_misuse("use-after-free", folio, "folio_trylock")
+        ok = Memory.folio_trylock(self, folio)
+        if ok:
+            self.sanitizer.folio_op("folio_trylock", folio)
+        return ok
+
+    def _sanitized_folio_lock(self, folio: Folio) -> None:
+        if folio.flags & PG_FREED:
+            self.sanitizer.folio_misuse("use-after-free", folio, "folio_lock")
+        self.sanitizer.folio_op("folio_lock", folio)
+        Memory.folio_lock(self, folio)
+
+    def _sanitized_folio_unlock(self, folio: Folio) -> None:
+        if folio.flags & PG_FREED:
+            self.sanitizer.folio_misuse("use-after-free", folio, "folio_unlock")
+        self.sanitizer.folio_op("folio_unlock", folio)
+        Memory.folio_unlock(self, folio)
 
     # -- the per-CPU LRU add batch (mm/swap.c) --------------------------------------------
     def folio_add_lru(self, folio: Folio) -> None:

@@ -38,3 +38,27 @@ class KsmHooks:
 
 
 NoKsm = KsmHooks
+
+
+class SanitizerHooks:
+    """The calls the memory manager and KSM make into an optional sanitizer
+    (``Memory.sanitizer``; None, the default, means no checks and no cost).
+
+    The core never imports the sanitizer (``samepage.sanitizer`` implements this interface);
+    every method that detects a bug raises the sanitizer's report instead of returning."""
+
+    def folio_freed(self, folio, pfn_reusable: bool = True) -> None:
+        """``folio`` went back to the allocator (or, for a split, ceased to exist)."""
+
+    def folio_misuse(self, kind: str, folio, op: str, detail: str = "") -> None:
+        """A folio operation broke a rule (``kind``: use-after-free, put-on-zero-refcount,
+        refcount-below-mapcount, unlock-unlocked)."""
+
+    def freed_page_used(self, pfn: int, op: str) -> None:
+        """A page (pfn) whose folio has been freed was used by ``op``."""
+
+    def check_map(self, pfn: int, folio, op: str) -> None:
+        """``folio`` (``page_folio(pfn)``, None if freed) is about to be mapped by ``op``."""
+
+    def folio_op(self, op: str, folio) -> None:
+        """A folio operation that went well (recorded as a step)."""

@@ -145,6 +145,8 @@ def split_huge_page(mem, page: int) -> int:
     folio.flags = PG_FREED                 # the large folio no longer exists
     folio.refcount = 0
     folio.mapcount = 0
+    if mem.sanitizer is not None:
+        mem.sanitizer.folio_freed(folio, pfn_reusable=False)
     for f in new:
         if f.refcount == 0:                # a page nobody maps any more goes back now
             mem._free_folio(f)

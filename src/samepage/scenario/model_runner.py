@@ -30,14 +30,16 @@ class ModelRun:
     extra: dict = field(default_factory=dict)
 
 
-def setup_machine(scenario: Scenario, same_folio: str | None = None) -> Machine:
+def setup_machine(scenario: Scenario, same_folio: str | None = None,
+                  sanitize: bool = False) -> Machine:
     """Steps 1-4 of the set-up order: settings, processes and contents, MADV_MERGEABLE,
-    then ``run = 1``."""
+    then ``run = 1`` (``sanitize``: on a Machine(sanitize=True))."""
     m = Machine(numa_nodes=scenario.machine.numa_nodes,
                 thp=scenario.machine.thp or "madvise",
                 mthp_kb=scenario.machine.mthp_kb,
                 split_zero_remap=scenario.model.split_zero_remap,
-                same_folio=same_folio or scenario.model.same_folio)
+                same_folio=same_folio or scenario.model.same_folio,
+                sanitize=sanitize)
     for name, value in scenario.ksm.items():
         _sysfs(m, name, value, f"ksm.{name}")
     _sysfs(m, "run", 2, "set-up run=2")
@@ -97,10 +99,11 @@ def apply_event(m: Machine, ev: EventCfg, index: int | None = None) -> None:
 
 def iter_model_trace(scenario: Scenario, batches: int | None = None,
                      machine_out: list | None = None,
-                     same_folio: str | None = None) -> Iterator[dict]:
+                     same_folio: str | None = None, sanitize: bool = False) -> Iterator[dict]:
     """Yield the model's trace of ``scenario`` record by record (``same_folio`` overrides
-    the scenario's ``[model] same_folio``)."""
-    m = setup_machine(scenario, same_folio)
+    the scenario's ``[model] same_folio``; ``sanitize`` runs it with the sanitizer, which
+    raises samepage.sanitizer.SanitizerReport on the first bug)."""
+    m = setup_machine(scenario, same_folio, sanitize)
     if machine_out is not None:
         machine_out.append(m)
     n = batches if batches is not None else scenario.run.batches
@@ -121,11 +124,11 @@ def iter_model_trace(scenario: Scenario, batches: int | None = None,
 
 def run_scenario_on_model(scenario: Scenario, batches: int | None = None,
                           progress: Callable[[int], None] | None = None,
-                          same_folio: str | None = None) -> ModelRun:
+                          same_folio: str | None = None, sanitize: bool = False) -> ModelRun:
     holder: list = []
     records: list[dict] = []
     final: dict = {}
-    for rec in iter_model_trace(scenario, batches, holder, same_folio):
+    for rec in iter_model_trace(scenario, batches, holder, same_folio, sanitize):
         if rec.get("final"):
             final = rec
         else:
