@@ -30,10 +30,20 @@ Checked:
   every live node's folio points back to it (a KSM folio without a node may stay mapped
   where it was COW-shared, see below).
 * memory: every mapped pfn belongs to a live folio; for every live folio
-  ``mapcount == #PTEs mapping it`` (PMD mappings count once) and
-  ``refcount == mapcount + LRU-batch references + pins (+ swapcache)`` (ksmd holds nothing
-  between batches), no folio is locked; KSM folios are mapped read-only; a KSM folio without
-  a stable node is unmapped; per-mm anon RSS matches the page tables.
+  ``mapcount == #mappings`` and ``refcount == mapcount + LRU-batch references + pins
+  (+ swapcache) + references the caller says it holds`` (ksmd holds nothing between
+  batches), no folio is locked unless the caller holds its lock; KSM folios are order 0 and
+  mapped read-only; a KSM folio without a stable node is unmapped; per-mm anon RSS (in pages)
+  matches the page tables.
+* large folios: a PMD mapping is 512 aligned entries of one VMA, all with ``PTE_PMD`` and
+  identical bits, mapping subpages 0..511 of an order-9 folio in order, in a 2 MiB block
+  without a PTE table; it counts as ONE mapping (mapcount 1, one reference) but 512 pages of
+  RSS.  A PTE-mapped large folio counts one mapping per PTE, and ``page_mapcount[k]`` is the
+  number of PTEs mapping subpage k; ``mapcount == Σ page_mapcount + #PMD mappings``.
+  ``page_folio`` of every frame of a live folio is that folio, and no frame points at a freed
+  folio (a split large folio is PG_FREED and unreachable).  Every mapped anonymous non-KSM
+  page is found by the rmap walk: its page index is the slot's linear index and its anon_vma
+  reaches the VMA.
 """
 
 from __future__ import annotations
@@ -44,9 +54,10 @@ from samepage.ksm.rbtree import rb_inorder, rb_validate
 from samepage.ksm.structs import (MIGRATE_NODES, PAGE_MASK, RMAP_ITEM_SIZE, SEQNR_MASK,
                                   STABLE_FLAG, STABLE_NODE_CHAIN, STABLE_NODE_DUP_HEAD,
                                   UNSTABLE_FLAG, StableNode)
-from samepage.mm.content import PAGE_SIZE, content_bytes
+from samepage.mm.content import PAGE_SHIFT, PAGE_SIZE, content_bytes
 from samepage.mm.folio import (KSM_NO_NODE, PG_ANON, PG_FREED, PG_KSM, PG_LOCKED,
                                PG_SWAPCACHE, ZERO_PFN)
+from samepage.mm.huge import HPAGE_PMD_NR, HPAGE_PMD_ORDER
 from samepage.mm.mm import MMF_VM_MERGEABLE, PTE_DIRTY, PTE_PMD, PTE_SPECIAL, PTE_WRITE
 
 COUNTER_ATTRS = ("ksm_pages_scanned", "ksm_pages_shared", "ksm_pages_sharing",
@@ -88,7 +99,10 @@ def all_mms(machine) -> list:
     return list(seen.values())
 
 
-def check_invariants(machine) -> None:
+def check_invariants(machine, *, held_refs: dict | None = None, held_locks=()) -> None:
+    """Raise InvariantError on the first broken invariant.  ``held_refs`` maps folios to
+    references the caller itself holds (transient references, e.g. a test simulating
+    another thread); ``held_locks`` lists folios whose lock the caller holds."""
     ksm = machine.ksm
     mem = machine.mem
     scan = ksm.ksm_scan
@@ -287,7 +301,11 @@ def check_invariants(machine) -> None:
             _check(it_id in live_ids, "the live unstable tree holds a freed item")
 
     # ---------------------------------------------------------------- page tables, folios
-    ptes: Counter = Counter()           # folio id -> number of mappings
+    held = {id(f): n for f, n in (held_refs or {}).items()}
+    locked_ok = {id(f) for f in (held_locks or ())}
+    ptes: Counter = Counter()           # folio id -> number of mappings (a PMD counts once)
+    pmds: Counter = Counter()           # folio id -> number of PMD mappings
+    page_ptes: Counter = Counter()      # (folio id, subpage) -> PTE (not PMD) mappings
     folios: dict[int, object] = {}
     ksm_zero_total = 0
     for mm in mms:
@@ -297,9 +315,10 @@ def check_invariants(machine) -> None:
             _check(not mm.vmas, f"exited {mm!r} still has VMAs")
         for vma in mm.vmas:
             pte, ptef = vma.pte, vma.ptef
+            n = len(pte)
             _check(len(pte) == len(ptef) == vma.nr_pages, f"{vma!r}: page table size")
-            pmd_seen = set()
-            for i in range(len(pte)):
+            vpn0 = vma.start >> PAGE_SHIFT
+            for i in range(n):
                 pfn = pte[i]
                 if pfn < 0:
                     _check(ptef[i] == 0, f"{vma!r}[{i}]: PTE bits {ptef[i]} on a none PTE")
@@ -308,6 +327,9 @@ def check_invariants(machine) -> None:
                 if f & PTE_SPECIAL:
                     _check(pfn == ZERO_PFN, f"{vma!r}[{i}]: special PTE to pfn {pfn}")
                     _check(not f & PTE_WRITE, f"{vma!r}[{i}]: writable zero-page PTE")
+                    _check(not f & PTE_PMD, f"{vma!r}[{i}]: zero-page PTE marked PMD")
+                    _check((vpn0 + i) >> HPAGE_PMD_ORDER in mm.pte_tables,
+                           f"{mm!r} {vma!r}[{i}]: zero-page PTE in a block without a PTE table")
                     if f & PTE_DIRTY:
                         zero += 1
                     continue
@@ -318,19 +340,47 @@ def check_invariants(machine) -> None:
                 _check(folio.pfn <= pfn < folio.pfn + folio.nr_pages,
                        f"{vma!r}[{i}]: pfn {pfn} outside its {folio!r}")
                 folios[id(folio)] = folio
-                if f & PTE_PMD:
-                    if id(folio) in pmd_seen:
-                        continue
-                    pmd_seen.add(id(folio))
-                ptes[id(folio)] += 1
                 if folio.flags & PG_ANON:
-                    anon += 1
+                    anon += 1                       # RSS counts pages, PMD-mapped or not
+                    if not folio.flags & PG_KSM:
+                        # the rmap walk (split_huge_page, write_protect_page) finds this PTE:
+                        # linear_page_index and the anon_vma chain must agree with the VMA
+                        idx = mem.page_index[folio.pfn] + (pfn - folio.pfn)
+                        _check(idx == vma.pgoff + i,
+                               f"{mm!r} {vma!r}[{i}]: {folio!r} page index {idx} != "
+                               f"{vma.pgoff + i}")
+                        av = folio.anon_vma
+                        _check(av is not None and any(v is vma for v in av.vmas),
+                               f"{mm!r} {vma!r}[{i}]: rmap of {folio!r} cannot reach the VMA")
+                if f & PTE_PMD:
+                    sub = (vpn0 + i) & (HPAGE_PMD_NR - 1)
+                    base = i - sub
+                    _check(folio.order == HPAGE_PMD_ORDER,
+                           f"{mm!r} {vma!r}[{i}]: PMD entry maps {folio!r}")
+                    _check(pfn == folio.pfn + sub,
+                           f"{mm!r} {vma!r}[{i}]: PMD entry maps pfn {pfn}, not subpage "
+                           f"{sub} of {folio!r}")
+                    _check(base >= 0 and base + HPAGE_PMD_NR <= n,
+                           f"{mm!r} {vma!r}[{i}]: PMD mapping crosses the VMA boundary")
+                    if sub == 0:
+                        _check(all(ptef[base + k] == f for k in range(HPAGE_PMD_NR)),
+                               f"{mm!r} {vma!r}[{i}]: the 512 entries of a PMD mapping differ")
+                        _check((vpn0 + i) >> HPAGE_PMD_ORDER not in mm.pte_tables,
+                               f"{mm!r} {vma!r}[{i}]: PMD mapping where a PTE table exists")
+                        ptes[id(folio)] += 1
+                        pmds[id(folio)] += 1
+                else:
+                    ptes[id(folio)] += 1
+                    if folio.order:
+                        page_ptes[(id(folio), pfn - folio.pfn)] += 1
+                    _check((vpn0 + i) >> HPAGE_PMD_ORDER in mm.pte_tables,
+                           f"{mm!r} {vma!r}[{i}]: PTE in a block without a PTE table")
                 if folio.flags & PG_KSM:
                     _check(not f & PTE_WRITE,
                            f"{mm!r} {vma!r}[{i}]: KSM {folio!r} mapped writable")
         _check(mm.ksm_zero_pages == zero,
                f"{mm!r}.ksm_zero_pages {mm.ksm_zero_pages} != {zero} KSM zero PTEs")
-        _check(mm.anon_rss == anon, f"{mm!r}.anon_rss {mm.anon_rss} != {anon} anon PTEs")
+        _check(mm.anon_rss == anon, f"{mm!r}.anon_rss {mm.anon_rss} != {anon} anon pages")
         ksm_zero_total += zero
     _check(ksm.ksm_zero_pages == ksm_zero_total,
            f"ksm_zero_pages {ksm.ksm_zero_pages} != {ksm_zero_total} KSM zero PTEs")
@@ -341,21 +391,47 @@ def check_invariants(machine) -> None:
     for f in mem.lru_batch:
         folios[id(f)] = f
     for pfn, folio in enumerate(mem.page_folio):
-        if folio is not None and folio.pfn == pfn and pfn != ZERO_PFN:
+        if folio is None or pfn == ZERO_PFN:
+            continue
+        # page_folio(): every frame of a live folio points at it; a split large folio
+        # (PG_FREED) is no longer reachable from any of its former frames
+        _check(not folio.flags & PG_FREED, f"pfn {pfn}: page_folio is the freed {folio!r}")
+        _check(folio.pfn <= pfn < folio.pfn + folio.nr_pages,
+               f"pfn {pfn}: page_folio is {folio!r}, which does not contain it")
+        if folio.pfn == pfn:
             folios[id(folio)] = folio
     for fid, folio in folios.items():
         _check(not folio.flags & PG_FREED, f"{folio!r} is freed but still referenced")
-        _check(mem.page_folio[folio.pfn] is folio, f"{folio!r}: page_folio disagrees")
+        _check(all(mem.page_folio[p] is folio
+                   for p in range(folio.pfn, folio.pfn + folio.nr_pages)),
+               f"{folio!r}: page_folio disagrees")
         _check(folio.mapcount == ptes[fid],
-               f"{folio!r}: mapcount {folio.mapcount} != {ptes[fid]} mapping PTEs")
+               f"{folio!r}: mapcount {folio.mapcount} != {ptes[fid]} mappings "
+               f"({pmds[fid]} PMD)")
+        if folio.order:
+            _check(folio.page_mapcount is not None
+                   and len(folio.page_mapcount) == folio.nr_pages,
+                   f"{folio!r}: no per-page mapcounts")
+            for k, c in enumerate(folio.page_mapcount):
+                _check(c == page_ptes[(fid, k)],
+                       f"{folio!r}: page_mapcount[{k}] = {c} != {page_ptes[(fid, k)]} PTEs")
+            _check(folio.mapcount == sum(folio.page_mapcount) + pmds[fid],
+                   f"{folio!r}: mapcount {folio.mapcount} != Σ page_mapcount "
+                   f"{sum(folio.page_mapcount)} + {pmds[fid]} PMD mappings")
+            _check(folio.pfn & (folio.nr_pages - 1) == 0, f"{folio!r} is not naturally aligned")
+        _check(folio.refcount > 0,
+               f"{folio!r} has no reference but was never freed (leaked frames)")
         _check(folio.refcount >= folio.mapcount,
                f"{folio!r}: refcount {folio.refcount} < mapcount {folio.mapcount}")
-        expected = folio.mapcount + lru[fid] + folio.pincount + (
+        expected = folio.mapcount + lru[fid] + folio.pincount + held.get(fid, 0) + (
             folio.nr_pages if folio.flags & PG_SWAPCACHE else 0)
         _check(folio.refcount == expected,
                f"{folio!r}: refcount {folio.refcount} != mapcount + lru {lru[fid]} + pins "
-               f"{folio.pincount} (reference leaked or missing)")
-        _check(not folio.flags & PG_LOCKED, f"{folio!r} is locked between batches")
+               f"{folio.pincount} + held {held.get(fid, 0)} (reference leaked or missing)")
+        if fid in locked_ok:
+            _check(bool(folio.flags & PG_LOCKED), f"{folio!r}: the caller's lock was dropped")
+        else:
+            _check(not folio.flags & PG_LOCKED, f"{folio!r} is locked between batches")
         if folio.flags & PG_KSM:
             node = folio.mapping
             if node is KSM_NO_NODE:
@@ -369,7 +445,7 @@ def check_invariants(machine) -> None:
                 _check(isinstance(node, StableNode) and id(node) in reachable,
                        f"KSM {folio!r}: node {node!r} unreachable")
                 _check(node.kpfn == folio.pfn, f"KSM {folio!r}: node kpfn {node.kpfn}")
-                _check(folio.order == 0, f"KSM {folio!r} is large")
+            _check(folio.order == 0, f"KSM {folio!r} is large")
 
     # ---------------------------------------------------------------- derived sysfs values
     c = ksm.counters()

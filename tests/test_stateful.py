@@ -5,13 +5,21 @@ batches, and after every step checks
 * every invariant of ``tests/invariants.py`` (counters vs. trees vs. page tables vs. folios),
 * that every process still reads exactly what it wrote: KSM must never change what a
   program sees, whatever it merges, copies on write or unshares.
+
+``KsmThpSystem`` runs the same rules on a machine with large folios (``thp = madvise``, now
+and then ``always``; sometimes with 16 and 64 KiB mTHP enabled; any same-folio strategy; with
+or without the split zero-page remap) and adds 512-page MADV_HUGEPAGE regions (PMD-mapped
+THPs), small MADV_HUGEPAGE regions (mTHP), patterned fills that give a THP many identical
+subpages, and partial munmap, so faults, zaps, forks, writes, pins and KSM merges and splits
+all meet large folios.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -19,8 +27,9 @@ from invariants import check_invariants
 from samepage import Machine
 from samepage.mm.content import PAGE_SHIFT, PAGE_SIZE
 from samepage.mm.folio import PG_ANON, PG_KSM
-from samepage.mm.mm import (MADV_DONTNEED, MADV_MERGEABLE, MADV_UNMERGEABLE, PTE_SPECIAL,
-                            VM_MERGEABLE, VM_READ, VM_SHARED, VM_WRITE)
+from samepage.mm.mm import (MADV_DONTNEED, MADV_HUGEPAGE, MADV_MERGEABLE, MADV_NOHUGEPAGE,
+                            MADV_UNMERGEABLE, PTE_SPECIAL, VM_MERGEABLE, VM_READ, VM_SHARED,
+                            VM_WRITE)
 
 TOKENS = st.sampled_from([0, 0, 1, 1, 2, 3])
 PICK = st.integers(min_value=0, max_value=10_000)
@@ -28,24 +37,25 @@ MAX_LIVE = 4
 
 
 class Region:
-    __slots__ = ("start", "npages", "shared")
+    __slots__ = ("start", "npages", "shared", "huge")
 
-    def __init__(self, start: int, npages: int, shared: bool):
+    def __init__(self, start: int, npages: int, shared: bool, huge: bool = False):
         self.start = start
         self.npages = npages
         self.shared = shared
+        self.huge = huge
 
     def addr(self, i: int) -> int:
         return self.start + (i << PAGE_SHIFT)
 
     def copy(self) -> "Region":
-        return Region(self.start, self.npages, self.shared)
+        return Region(self.start, self.npages, self.shared, self.huge)
 
 
 class KsmSystem(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
-        self.m = Machine()
+        self.m = Machine(sanitize=True)
         self.procs: dict[str, object] = {}          # live processes
         self.regions: dict[str, list[Region]] = {}
         self.expected: dict[tuple[str, int], int | None] = {}
@@ -304,3 +314,143 @@ KsmSystem.TestCase.settings = settings(max_examples=200, stateful_step_count=60,
                                        deadline=None,
                                        suppress_health_check=[HealthCheck.too_slow])
 TestKsmSystem = KsmSystem.TestCase
+
+
+MAX_HUGE_REGIONS = 3
+
+
+class KsmThpSystem(KsmSystem):
+    """The same system on a machine with THP and sometimes mTHP, plus large regions.  A
+    THP is 512 pages, so the fills are patterned (few distinct tokens) to give KSM
+    same-folio pairs, pairs across folios and zero-filled subpages to split and remap."""
+
+    def _huge_regions(self) -> int:
+        return sum(1 for n in self.procs for r in self.regions[n] if r.npages >= 512)
+
+    def _pick_huge(self, k: int):
+        pairs = [(n, r) for n in sorted(self.procs) for r in self.regions[n] if r.huge]
+        if not pairs:
+            return None, None
+        return pairs[k % len(pairs)]
+
+    @initialize(pages_to_scan=st.integers(1, 8), use_zero=st.booleans(),
+                smart=st.booleans(), mps=st.sampled_from([2, 3, 256]),
+                init_a=st.lists(st.one_of(st.none(), TOKENS), min_size=1, max_size=6),
+                init_b=st.lists(st.one_of(st.none(), TOKENS), min_size=1, max_size=6),
+                prune_ms=st.sampled_from([0, 2000]), mthp=st.booleans(),
+                zero_remap=st.sampled_from([True, True, False]),
+                strategy=st.sampled_from(["v6.18", "v6.18", "early-put", "split-retry"]),
+                huge_tokens=st.lists(TOKENS, min_size=1, max_size=4),
+                thp=st.sampled_from(["madvise", "madvise", "madvise", "always"]))
+    def setup(self, pages_to_scan, use_zero, smart, mps, init_a, init_b, prune_ms, mthp,
+              zero_remap, strategy, huge_tokens, thp):
+        self.m = Machine(sanitize=True, thp=thp, mthp_kb=[16, 64] if mthp else (),
+                         split_zero_remap=zero_remap, same_folio=strategy)
+        KsmSystem.setup(self, pages_to_scan, use_zero, smart, mps, init_a, init_b, prune_ms)
+        # the first process starts with one THP region, filled with a short pattern
+        name = sorted(self.procs)[0]
+        self._new_region(name, 512, True, huge_tokens)
+
+    def _new_region(self, name, npages, mergeable, tokens=None):
+        mm = self.procs[name].mm
+        vma = mm.mmap(npages)
+        assert mm.madvise(vma.start, npages * PAGE_SIZE, MADV_HUGEPAGE) == 0
+        r = Region(vma.start, npages, False, True)
+        self.regions[name].append(r)
+        for i in range(npages):
+            self.expected[(name, r.addr(i))] = None
+        if tokens:
+            self._fill(name, r, tokens, 1, 0, npages)
+        if mergeable:
+            assert mm.madvise(vma.start, npages * PAGE_SIZE, MADV_MERGEABLE) == 0
+        return r
+
+    def _fill(self, name, r, tokens, stride, lo, hi):
+        mm = self.procs[name].mm
+        for j, i in enumerate(range(lo, hi, stride)):
+            t = tokens[j % len(tokens)]
+            mm.write_page(r.addr(i), t)
+            self.expected[(name, r.addr(i))] = t
+
+    @precondition(lambda self: self.procs and self._huge_regions() < MAX_HUGE_REGIONS)
+    @rule(k=PICK, mergeable=st.sampled_from([True, True, False]),
+          tokens=st.lists(TOKENS, min_size=1, max_size=4))
+    def mmap_thp(self, k, mergeable, tokens):
+        """A 2 MiB MADV_HUGEPAGE region: the first write faults a PMD-mapped THP."""
+        self._new_region(self._pick_proc(k), 512, mergeable, tokens)
+
+    @precondition(lambda self: self.procs)
+    @rule(k=PICK, npages=st.sampled_from([4, 16, 20, 40]), mergeable=st.booleans(),
+          tokens=st.lists(TOKENS, min_size=1, max_size=3))
+    def mmap_mthp(self, k, npages, mergeable, tokens):
+        """A small MADV_HUGEPAGE region: mTHP folios when 16/64 KiB are enabled."""
+        self._new_region(self._pick_proc(k), npages, mergeable, tokens)
+
+    @precondition(lambda self: any(r.huge for n in self.procs for r in self.regions[n]))
+    @rule(k=PICK, tokens=st.lists(TOKENS, min_size=1, max_size=4),
+          stride=st.sampled_from([1, 1, 2, 7, 64]), start=PICK, length=st.integers(1, 512))
+    def write_pattern(self, k, tokens, stride, start, length):
+        """Store a repeating pattern into (part of) a large region."""
+        name, r = self._pick_huge(k)
+        lo = start % r.npages
+        hi = min(r.npages, lo + length)
+        self._fill(name, r, tokens, stride, lo, hi)
+
+    @precondition(lambda self: self._has_region())
+    @rule(k=PICK, i=PICK, n=st.sampled_from([1, 5, 100, 300, 512]))
+    def zap_range(self, k, i, n):
+        """MADV_DONTNEED of a longer range: whole PMD mappings or parts of them."""
+        name, r = self._pick_region(k)
+        lo = i % r.npages
+        hi = min(r.npages, lo + n)
+        assert self.procs[name].mm.madvise(r.addr(lo), (hi - lo) * PAGE_SIZE,
+                                           MADV_DONTNEED) == 0
+        if not r.shared:
+            for j in range(lo, hi):
+                self.expected[(name, r.addr(j))] = None
+
+    @precondition(lambda self: self._has_region())
+    @rule(k=PICK, i=PICK, n=st.sampled_from([1, 3, 100, 256]))
+    def munmap_part(self, k, i, n):
+        """munmap of part of a region: the VMA is split, a straddling PMD mapping too."""
+        name, r = self._pick_region(k)
+        lo = i % r.npages
+        hi = min(r.npages, lo + n)
+        self.procs[name].mm.munmap(r.addr(lo), (hi - lo) * PAGE_SIZE)
+        regions = self.regions[name]
+        regions.remove(r)
+        if lo > 0:
+            regions.append(Region(r.start, lo, r.shared, r.huge))
+        if hi < r.npages:
+            regions.append(Region(r.addr(hi), r.npages - hi, r.shared, r.huge))
+        for j in range(lo, hi):
+            self.expected.pop((name, r.addr(j)), None)
+
+    @precondition(lambda self: self._has_region())
+    @rule(k=PICK, i=PICK, n=st.sampled_from([1, 50, 512]), huge=st.booleans())
+    def madvise_hugepage(self, k, i, n, huge):
+        name, r = self._pick_region(k)
+        lo = i % r.npages
+        hi = min(r.npages, lo + n)
+        assert self.procs[name].mm.madvise(r.addr(lo), (hi - lo) * PAGE_SIZE,
+                                           MADV_HUGEPAGE if huge else MADV_NOHUGEPAGE) == 0
+
+
+    @invariant()
+    def programs_read_what_they_wrote(self):
+        # a fault maps a whole large folio: pages never written read as zeros, whether they
+        # are unmapped (None), zero-filled subpages or remapped to the shared zero page
+        for (name, a), want in self.expected.items():
+            got = self.procs[name].mm.read_page(a)
+            assert (got or 0) == (want or 0), f"{name} reads {got!r} at {a:#x}, wrote {want!r}"
+
+
+# Shrinking a failure of this machine can take hypothesis several minutes (every step walks
+# thousands of frames), so by default a failure is reported unshrunk; set
+# SAMEPAGE_SHRINK=1 to get a minimal example.
+KsmThpSystem.TestCase.settings = settings(
+    max_examples=60, stateful_step_count=40, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    phases=tuple(Phase) if os.environ.get("SAMEPAGE_SHRINK") else
+    tuple(p for p in Phase if p is not Phase.shrink))
+TestKsmThpSystem = KsmThpSystem.TestCase
