@@ -112,7 +112,22 @@ class Run:
         self.wall_s = time.perf_counter() - t0
 
 
-SAME_FOLIO_CHOICES = ("v6.18", "early-put", "split-retry", "all")
+class _SameFolioChoices:
+    """The registered same-folio strategies (samepage.ksm.same_folio.STRATEGIES, which a
+    patch under test may extend) plus "all"; read at use, not at import."""
+
+    def _names(self) -> tuple[str, ...]:
+        from samepage.ksm.same_folio import STRATEGIES
+        return (*STRATEGIES, "all")
+
+    def __contains__(self, name) -> bool:
+        return name in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
+
+
+SAME_FOLIO_CHOICES = _SameFolioChoices()
 
 
 @app.command()
@@ -327,4 +342,109 @@ from .compare import compare as _compare_command  # noqa: E402
 from .kernel import kernel_app  # noqa: E402
 
 app.add_typer(kernel_app, name="kernel")
+
+
+# ------------------------------------------------------------------------------ explore
+
+
+@app.command()
+def explore(
+    scenario: Annotated[str, typer.Argument(help="Scenario file (TOML) with [[thread]] tables.",
+                                            metavar="SCENARIO")],
+    same_folio: Annotated[Optional[str], typer.Option(
+        "--same-folio", metavar="STRATEGY",
+        help="The same-folio strategy to check (default: the scenario's [model] same_folio; "
+             "with --replay: the one recorded in the schedule file).")] = None,
+    strategy: Annotated[str, typer.Option(
+        "--strategy", metavar="random|pct|exhaustive",
+        help="How schedules are chosen.")] = "exhaustive",
+    budget: Annotated[float, typer.Option(
+        "--budget", min=0, metavar="SECONDS", help="Stop searching after this long.")] = 60.0,
+    schedules: Annotated[Optional[int], typer.Option(
+        "--schedules", min=1, metavar="N", help="Stop after N schedules.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of random and pct.")] = 0,
+    bound: Annotated[int, typer.Option(
+        "--bound", min=0, metavar="K",
+        help="exhaustive: at most K preemptions of ksmd; pct: K change points.")] = 2,
+    save: Annotated[Optional[str], typer.Option(
+        "--save", metavar="FILE",
+        help="Where to save a failing schedule (default SCENARIO.schedule.json).")] = None,
+    replay_file: Annotated[Optional[str], typer.Option(
+        "--replay", metavar="FILE", help="Replay the schedule saved in FILE.")] = None,
+) -> None:
+    """Explore interleavings of ksmd with the scenario's [[thread]]s under the sanitizer.
+
+    Stops at the first sanitizer report: prints it with the schedule that produced it, saves
+    the schedule as JSON and exits 1.  With nothing found, prints how many schedules and
+    steps (preemption points visited) were explored and exits 0."""
+    import json
+
+    from samepage import explore as ex_mod
+    from samepage.ksm.same_folio import STRATEGIES
+
+    sc = load(scenario)
+    if strategy not in ex_mod.STRATEGY_NAMES:
+        error_exit(f"--strategy: unknown strategy {strategy!r} "
+                   f"(one of {', '.join(ex_mod.STRATEGY_NAMES)})")
+    decisions = None
+    recorded_report = None
+    if replay_file is not None:
+        try:
+            with open(replay_file) as f:
+                data = json.load(f)
+            recorded, decisions = ex_mod.load_schedule(data)
+            recorded_report = (data.get("report") or {}).get("summary")
+        except OSError as e:
+            error_exit(f"{replay_file}: {e.strerror or e}")
+        except (ValueError, KeyError, TypeError) as e:
+            error_exit(f"{replay_file}: not a schedule file ({e})")
+        same_folio = same_folio or recorded
+    same_folio = same_folio or sc.model.same_folio
+    if same_folio not in STRATEGIES:
+        error_exit(f"--same-folio: unknown strategy {same_folio!r} "
+                   f"(one of {', '.join(STRATEGIES)})")
+    if not sc.threads:
+        error_exit(f"{scenario}: no [[thread]] table: nothing to interleave with ksmd")
+    with reported_errors():
+        if decisions is not None:
+            try:
+                run = ex_mod.replay(sc, same_folio, decisions)
+            except ex_mod.ReplayDiverged as e:
+                error_exit(f"replay diverged: {e}")
+            print(f"replay of {replay_file} ({same_folio}): {run.steps} steps")
+            print("schedule:")
+            print("\n".join(ex_mod.format_schedule(run)))
+            if run.report is None:
+                print("no sanitizer report" + (" (the schedule file recorded one: "
+                                               f"{recorded_report})" if recorded_report
+                                               else ""))
+                return
+            print(str(run.report))
+            if recorded_report is not None:
+                same = run.report.summary() == recorded_report
+                print("the recorded report is reproduced" if same else
+                      f"a different report than the recorded one: {recorded_report}")
+            raise typer.Exit(1)
+        res = ex_mod.explore(sc, same_folio, strategy, budget=budget, schedules=schedules,
+                             seed=seed, bound=bound)
+    what = (f"{res.schedules} schedules, {res.steps} steps (preemption points visited) "
+            f"in {res.elapsed:.1f} s")
+    if res.found is None:
+        extra = ("; the whole space within the bound was explored" if res.complete else "")
+        print(f"explore {scenario} ({same_folio}, {strategy}): nothing found: {what}{extra}")
+        return
+    run = res.found
+    path = save or f"{scenario}.schedule.json"
+    data = ex_mod.schedule_json(scenario, same_folio, strategy, seed, run)
+    try:
+        ex_mod.save_schedule(path, data)
+    except OSError as e:
+        error_exit(f"{path}: {e.strerror or e}")
+    print(f"explore {scenario} ({same_folio}, {strategy}): {run.report.kind} found "
+          f"after {what}")
+    print("schedule:")
+    print("\n".join(ex_mod.format_schedule(run)))
+    print(str(run.report))
+    print(f"schedule saved to {path} (samepage explore {scenario} --replay {path})")
+    raise typer.Exit(1)
 app.command("compare")(_compare_command)

@@ -112,6 +112,11 @@ class Ksm(KsmHooks):
         self.record_failures = True
         self.failure_log = None            # a deque of (full_scans, mm, address, reason)
         self.current_item = None
+        # schedule exploration (samepage.explore): called at the preemption points with the
+        # point's name when set; ``mmap_read_locked`` is the mm whose mmap_lock ksmd holds
+        # for reading in try_to_merge_with_ksm_page / try_to_merge_with_zero_page
+        self.preempt = None
+        self.mmap_read_locked = None
         self.set_same_folio_strategy("v6.18")
 
     # ------------------------------------------------------------------------------------
@@ -920,6 +925,8 @@ class Ksm(KsmHooks):
         if not folio.flags & PG_ANON:
             self._fail("try_to_merge_one_page: not anonymous")
             return EFAULT
+        if self.preempt is not None:
+            self.preempt("merge_one:before-lock")      # reference taken, not yet locked
         if not mem.folio_trylock(folio):
             self._fail("try_to_merge_one_page: folio locked")
             return EFAULT
@@ -930,8 +937,12 @@ class Ksm(KsmHooks):
                 mem.folio_unlock(folio)
                 return EFAULT
             folio = mem.page_folio[page]
+            if self.preempt is not None:
+                self.preempt("merge_one:after-split")
         orig_pte = self.write_protect_page(vma, folio)
         if orig_pte is not None:
+            if self.preempt is not None:
+                self.preempt("merge_one:after-write-protect")   # before replace_page
             if kpage is None:
                 self.folio_set_stable_node(folio, None)
                 folio.flags |= PG_DIRTY
@@ -955,7 +966,11 @@ class Ksm(KsmHooks):
             vma = self.find_mergeable_vma(item.mm, item.address)
             if vma is None:
                 return 0
-            return self.try_to_merge_one_page(vma, page, ZERO_PFN)
+            self.mmap_read_locked = item.mm
+            try:
+                return self.try_to_merge_one_page(vma, page, ZERO_PFN)
+            finally:
+                self.mmap_read_locked = None
         return EFAULT
 
     def try_to_merge_with_ksm_page(self, item: RmapItem, page: int, kpage: int | None) -> int:
@@ -966,7 +981,11 @@ class Ksm(KsmHooks):
             self._fail("try_to_merge_with_ksm_page: no mergeable vma")
             self.current_item = scanned
             return EFAULT
-        err = self.try_to_merge_one_page(vma, page, kpage)
+        self.mmap_read_locked = item.mm
+        try:
+            err = self.try_to_merge_one_page(vma, page, kpage)
+        finally:
+            self.mmap_read_locked = None
         self.current_item = scanned
         if err:
             return err
@@ -978,6 +997,8 @@ class Ksm(KsmHooks):
                                tree_page: int):
         err = self.try_to_merge_with_ksm_page(item, page, None)
         if not err:
+            if self.preempt is not None:
+                self.preempt("merge_two:between-steps")
             err = self.try_to_merge_with_ksm_page(tree_item, tree_page, page)
             if err:
                 self.break_cow(item)
@@ -994,6 +1015,8 @@ class Ksm(KsmHooks):
         memcmp_ns = self.costs.memcmp_ns
         parent = None
         is_left = False
+        if self.preempt is not None:
+            self.preempt("unstable_search:before")
         cur = root.rb_node
         while cur is not None:
             tree_page = self.get_mergeable_page(cur)
@@ -1022,6 +1045,8 @@ class Ksm(KsmHooks):
                 mem.folio_put(mem.page_folio[tree_page])
                 return None
             else:
+                if self.preempt is not None:
+                    self.preempt("unstable_search:after-found")
                 return cur, tree_page
         item.address |= UNSTABLE_FLAG | (self.ksm_scan.seqnr & SEQNR_MASK)
         item.nid = nid

@@ -34,6 +34,8 @@ def unstable_merge_v618(ksm, item, page: int) -> None:
     tree_folio = mem.page_folio[tree_page]
     split = folio.order > 0 and folio is tree_folio
     mem.folio_put(tree_folio)
+    if ksm.preempt is not None:
+        ksm.preempt("v6.18:after-put")
     if kfolio is not None:
         ksm.stable_tree_insert_pair(kfolio, tree_item, item)
     elif split:
@@ -68,6 +70,8 @@ def unstable_merge_early_put(ksm, item, page: int) -> None:
     same_folio = folio is tree_folio
     if same_folio:
         mem.folio_put(tree_folio)            # drop "one of both" references early
+        if ksm.preempt is not None:
+            ksm.preempt("early-put:after-put")
     kfolio = ksm.try_to_merge_two_pages(item, page, tree_item, tree_page)
     if not same_folio:
         mem.folio_put(mem.page_folio_used(tree_page, "folio_put tree_page"))
@@ -94,6 +98,8 @@ def unstable_merge_split_retry(ksm, item, page: int) -> None:
         if folio is not tree_folio:
             break
         mem.folio_put(tree_folio)
+        if ksm.preempt is not None:
+            ksm.preempt("split-retry:after-put")
         if not mem.folio_trylock(folio):
             ksm._fail("cmp_and_merge_page: same-folio split skipped, folio locked")
             return

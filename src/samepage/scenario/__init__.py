@@ -4,6 +4,8 @@ from .errors import ScenarioError
 from .loader import load_scenario, load_scenario_text
 from .schema import (
     EventCfg,
+    ThreadCfg,
+    ThreadOpCfg,
     MachineCfg,
     ModelCfg,
     PatternFill,
@@ -28,6 +30,8 @@ from .tunables import TUNABLE_DEFAULTS, TUNABLE_RANGES, TUNABLES
 __all__ = [
     "COUNTER_NAMES",
     "EventCfg",
+    "ThreadCfg",
+    "ThreadOpCfg",
     "MachineCfg",
     "ModelCfg",
     "PROCESS_KEYS",

@@ -276,6 +276,71 @@ class EventCfg(_Model):
         return idx
 
 
+THREAD_OPS = ("write", "zap", "munmap", "fork", "exit")
+
+
+class ThreadOpCfg(_Model):
+    """One operation of a ``[[thread]]`` (an inline table): the event vocabulary's
+    ``write``, ``zap``, ``munmap``, ``fork`` and ``exit``, with the same keys."""
+
+    op: Literal["write", "zap", "munmap", "fork", "exit"]
+    region: Name | None = None
+    pages: Annotated[list[PageIndex], Field(min_length=1)] | None = None
+    range: Annotated[list[PageIndex], Field(min_length=2, max_length=2)] | None = None
+    token: Token | None = None
+    child: Name | None = None
+
+    @model_validator(mode="after")
+    def _check_op(self) -> ThreadOpCfg:
+        op = self.op
+        required = OP_KEYS[op]
+        allowed = {k for spec in required for k in spec.split("|")}
+        for key in ("region", "pages", "range", "token", "child"):
+            if getattr(self, key) is not None and key not in allowed:
+                _fail(f"not allowed for op '{op}'", key)
+        for spec in required:
+            if spec == "pages|range":
+                if self.pages is not None and self.range is not None:
+                    _fail("give either pages or range, not both", "range")
+                if self.pages is None and self.range is None:
+                    _fail(f"required for op '{op}' (or range)", "pages")
+            elif getattr(self, spec) is None:
+                _fail(f"required for op '{op}'", spec)
+        if self.range is not None and self.range[0] >= self.range[1]:
+            _fail(f"start must be < stop (got [{self.range[0]}, {self.range[1]}])", "range")
+        return self
+
+    def page_indices(self, n_pages: int) -> list[int]:
+        """As EventCfg.page_indices."""
+        return EventCfg.page_indices(self, n_pages)  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        parts = [self.op]
+        if self.region is not None:
+            parts.append(self.region)
+        if self.pages is not None:
+            parts.append(f"pages={self.pages}")
+        if self.range is not None:
+            parts.append(f"range={self.range}")
+        if self.token is not None:
+            parts.append(f"token={self.token}")
+        if self.child is not None:
+            parts.append(f"child={self.child}")
+        return " ".join(parts)
+
+
+class ThreadCfg(_Model):
+    """``[[thread]]`` (samepage extension, used only by ``samepage explore``): a user thread
+    of ``process`` that runs ``ops`` one by one, each an atomic system call, at preemption
+    points of ksmd chosen by the explorer; it starts once ``after_batch`` ksmd batches have
+    completed (0: from the start)."""
+
+    name: Name
+    process: Name
+    after_batch: Annotated[int, Field(ge=0)] = 0
+    ops: Annotated[list[ThreadOpCfg], Field(min_length=1)]
+
+
 class RunCfg(_Model):
     """``[run]``: how many ksmd batches to record."""
 
@@ -316,6 +381,7 @@ class Scenario(_Model):
     model: ModelCfg = Field(default_factory=ModelCfg)
     processes: list[ProcessCfg] = Field(default_factory=list, alias="process")
     events: list[EventCfg] = Field(default_factory=list, alias="event")
+    threads: list[ThreadCfg] = Field(default_factory=list, alias="thread")
     run: RunCfg
 
     _process_order: list[str] = PrivateAttr(default_factory=list)
@@ -412,7 +478,39 @@ class Scenario(_Model):
         self._process_order = process_order
         self._regions = created
         self._parent = parent
+        self._check_threads(names)
         return self
+
+    def _check_threads(self, names: set[str]) -> None:
+        seen: set[str] = set()
+        for t, th in enumerate(self.threads):
+            if th.name in seen:
+                _fail(f"duplicate thread name {_show(th.name)}", "thread", t, "name")
+            seen.add(th.name)
+            if th.process not in names:
+                _fail(f"unknown process {_show(th.process)}", "thread", t, "process")
+            if th.after_batch > self.run.batches:
+                _fail(f"must be <= run.batches = {self.run.batches} (got {th.after_batch})",
+                      "thread", t, "after_batch")
+            regions = self._regions.get(th.process, {})
+            for k, op in enumerate(th.ops):
+                if op.op == "fork" and op.child in names:
+                    _fail(f"process name {_show(op.child)} is already used",
+                          "thread", t, "ops", k, "child")
+                if op.region is None:
+                    continue
+                r = regions.get(op.region)
+                if r is None:
+                    _fail(f"process {_show(th.process)} has no region {_show(op.region)}",
+                          "thread", t, "ops", k, "region")
+                if op.pages is not None:
+                    for i in op.pages:
+                        if i >= r.pages:
+                            _fail(f"page {i} is outside region {_show(r.name)} "
+                                  f"({r.pages} pages)", "thread", t, "ops", k, "pages")
+                if op.range is not None and op.range[1] > r.pages:
+                    _fail(f"range [{op.range[0]}, {op.range[1]}) is outside region "
+                          f"{_show(r.name)} ({r.pages} pages)", "thread", t, "ops", k, "range")
 
     # ------------------------------------------------------------------ helpers
 
