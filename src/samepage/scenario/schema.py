@@ -208,6 +208,26 @@ OP_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _check_op_keys(obj, keys: tuple[str, ...]) -> None:
+    """The keys an op requires are present, the others absent; a range is [start, stop)."""
+    op = obj.op
+    required = OP_KEYS[op]
+    allowed = {k for spec in required for k in spec.split("|")}
+    for key in keys:
+        if getattr(obj, key) is not None and key not in allowed:
+            _fail(f"not allowed for op '{op}'", key)
+    for spec in required:
+        if spec == "pages|range":
+            if obj.pages is not None and obj.range is not None:
+                _fail("give either pages or range, not both", "range")
+            if obj.pages is None and obj.range is None:
+                _fail(f"required for op '{op}' (or range)", "pages")
+        elif getattr(obj, spec) is None:
+            _fail(f"required for op '{op}'", spec)
+    if obj.range is not None and obj.range[0] >= obj.range[1]:
+        _fail(f"start must be < stop (got [{obj.range[0]}, {obj.range[1]}])", "range")
+
+
 class EventCfg(_Model):
     """``[[event]]``: applied after batch ``after_batch`` (1-based) while ksmd sleeps.
 
@@ -236,21 +256,7 @@ class EventCfg(_Model):
     @model_validator(mode="after")
     def _check_op(self) -> EventCfg:
         op = self.op
-        required = OP_KEYS[op]
-        allowed = {k for spec in required for k in spec.split("|")}
-        for key in _EVENT_KEYS:
-            if getattr(self, key) is not None and key not in allowed:
-                _fail(f"not allowed for op '{op}'", key)
-        for spec in required:
-            if spec == "pages|range":
-                if self.pages is not None and self.range is not None:
-                    _fail("give either pages or range, not both", "range")
-                if self.pages is None and self.range is None:
-                    _fail(f"required for op '{op}' (or range)", "pages")
-            elif getattr(self, spec) is None:
-                _fail(f"required for op '{op}'", spec)
-        if self.range is not None and self.range[0] >= self.range[1]:
-            _fail(f"start must be < stop (got [{self.range[0]}, {self.range[1]}])", "range")
+        _check_op_keys(self, _EVENT_KEYS)
         if op == "merge_any" and not isinstance(self.value, bool):
             _fail(f"must be a boolean (got {_show(self.value)})", "value")
         if op == "set":
@@ -292,22 +298,7 @@ class ThreadOpCfg(_Model):
 
     @model_validator(mode="after")
     def _check_op(self) -> ThreadOpCfg:
-        op = self.op
-        required = OP_KEYS[op]
-        allowed = {k for spec in required for k in spec.split("|")}
-        for key in ("region", "pages", "range", "token", "child"):
-            if getattr(self, key) is not None and key not in allowed:
-                _fail(f"not allowed for op '{op}'", key)
-        for spec in required:
-            if spec == "pages|range":
-                if self.pages is not None and self.range is not None:
-                    _fail("give either pages or range, not both", "range")
-                if self.pages is None and self.range is None:
-                    _fail(f"required for op '{op}' (or range)", "pages")
-            elif getattr(self, spec) is None:
-                _fail(f"required for op '{op}'", spec)
-        if self.range is not None and self.range[0] >= self.range[1]:
-            _fail(f"start must be < stop (got [{self.range[0]}, {self.range[1]}])", "range")
+        _check_op_keys(self, ("region", "pages", "range", "token", "child"))
         return self
 
     def page_indices(self, n_pages: int) -> list[int]:
