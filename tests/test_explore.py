@@ -147,3 +147,31 @@ def test_malformed_thread_tables(text, key, msg):
     e = load_err(text)
     assert e.key == key, str(e)
     assert msg in e.msg
+
+
+def test_thread_unmergeable_op_runs_the_unmerge_path():
+    """A [[thread]] can take the unmerge path (MADV_UNMERGEABLE, break_ksm) between batches."""
+    from samepage.explore import explore
+    from samepage.scenario import load_scenario_text
+
+    sc = load_scenario_text('''
+[ksm]
+pages_to_scan = 100
+[[process]]
+name = "p"
+  [[process.region]]
+  name = "ram"
+  pages = 8
+  thp = "nohuge"
+  fill = { kind = "pattern", distinct = 1 }
+[[thread]]
+name = "t"
+process = "p"
+after_batch = 3
+ops = [{ op = "unmergeable", region = "ram" }]
+[run]
+batches = 5
+''')
+    result = explore(sc, same_folio="v6.18", strategy="exhaustive", budget=20)
+    assert result.found is None
+    assert result.schedules >= 1 and result.steps > 0

@@ -43,7 +43,7 @@ from samepage.scenario.schema import Scenario, ThreadCfg, ThreadOpCfg
 
 STRATEGY_NAMES = ("random", "pct", "exhaustive")
 SLEEP_POINTS = ("ksmd:start", "ksmd:sleep")
-WRITE_LOCK_OPS = ("munmap", "fork", "exit")
+WRITE_LOCK_OPS = ("unmergeable", "munmap", "fork", "exit")
 
 #: chooser(step, point, enabled thread names, preemptions so far) -> thread name or None
 Chooser = Callable[[int, str, list[str], int], "str | None"]
@@ -99,12 +99,14 @@ def _run_op(m, th: ThreadCfg, op: ThreadOpCfg) -> None:
         san.actor = th.name
         san.step(op.describe())
     try:
-        if op.op in ("write", "zap", "munmap"):
+        if op.op in ("write", "zap", "unmergeable", "munmap"):
             vma = p.region(op.region)
             if op.op == "write":
                 p.write(vma, op.page_indices(vma.nr_pages), op.token)
             elif op.op == "zap":
                 p.zap(vma, op.page_indices(vma.nr_pages))
+            elif op.op == "unmergeable":
+                p.madvise(vma, "unmergeable")   # break_ksm over the region
             else:
                 p.munmap(vma)
         elif op.op == "fork":

@@ -282,14 +282,15 @@ class EventCfg(_Model):
         return idx
 
 
-THREAD_OPS = ("write", "zap", "munmap", "fork", "exit")
+THREAD_OPS = ("write", "zap", "unmergeable", "munmap", "fork", "exit")
 
 
 class ThreadOpCfg(_Model):
     """One operation of a ``[[thread]]`` (an inline table): the event vocabulary's
-    ``write``, ``zap``, ``munmap``, ``fork`` and ``exit``, with the same keys."""
+    ``write``, ``zap``, ``unmergeable`` (an unmerge path), ``munmap``, ``fork`` and ``exit``,
+    with the same keys."""
 
-    op: Literal["write", "zap", "munmap", "fork", "exit"]
+    op: Literal["write", "zap", "unmergeable", "munmap", "fork", "exit"]
     region: Name | None = None
     pages: Annotated[list[PageIndex], Field(min_length=1)] | None = None
     range: Annotated[list[PageIndex], Field(min_length=2, max_length=2)] | None = None
