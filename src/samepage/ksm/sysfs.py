@@ -69,10 +69,10 @@ def _kstrtobool(s: str, name: str, value) -> bool:
     raise _err(errno.EINVAL, name, value)
 
 
-def _kstrtoul_einval(s: str, name: str, value) -> int:
-    """Stores that turn every parse error (including overflow) into EINVAL."""
+def _kstrto_einval(s: str, name: str, value, limit: int = U64_MAX) -> int:
+    """For the stores that turn every parse error (including overflow) into EINVAL."""
     try:
-        return _kstrtoull(s, U64_MAX, name, value)
+        return _kstrtoull(s, limit, name, value)
     except OSError:
         raise _err(errno.EINVAL, name, value) from None
 
@@ -89,10 +89,7 @@ def sysfs_write(ksm: Ksm, name: str, value) -> None:
     if name in READ_ONLY:
         raise OSError(errno.EACCES, f"{name} is read-only")
     if name == "run":
-        try:
-            flags = _kstrtoull(s, U32_MAX, name, value)
-        except OSError:
-            raise _err(errno.EINVAL, name, value) from None
+        flags = _kstrto_einval(s, name, value, U32_MAX)
         if flags > KSM_RUN_UNMERGE:
             raise _err(errno.EINVAL, name, value)
         if ksm.ksm_run != flags:
@@ -108,16 +105,10 @@ def sysfs_write(ksm: Ksm, name: str, value) -> None:
     if name == "pages_to_scan":
         if ksm.ksm_advisor != "none":
             raise _err(errno.EINVAL, name, value)
-        try:
-            ksm.ksm_thread_pages_to_scan = _kstrtoull(s, U32_MAX, name, value)
-        except OSError:
-            raise _err(errno.EINVAL, name, value) from None
+        ksm.ksm_thread_pages_to_scan = _kstrto_einval(s, name, value, U32_MAX)
         return
     if name == "sleep_millisecs":
-        try:
-            ksm.ksm_thread_sleep_millisecs = _kstrtoull(s, U32_MAX, name, value)
-        except OSError:
-            raise _err(errno.EINVAL, name, value) from None
+        ksm.ksm_thread_sleep_millisecs = _kstrto_einval(s, name, value, U32_MAX)
         return
     if name == "max_page_sharing":
         knob = _kstrtoull(s, INT_MAX, name, value, signed=True)
@@ -152,10 +143,7 @@ def sysfs_write(ksm: Ksm, name: str, value) -> None:
         ksm.ksm_smart_scan = _kstrtobool(s, name, value)
         return
     if name == "stable_node_chains_prune_millisecs":
-        try:
-            ksm.ksm_stable_node_chains_prune_millisecs = _kstrtoull(s, U32_MAX, name, value)
-        except OSError:
-            raise _err(errno.EINVAL, name, value) from None
+        ksm.ksm_stable_node_chains_prune_millisecs = _kstrto_einval(s, name, value, U32_MAX)
         return
     if name == "advisor_mode":
         t = s.strip("\n")
@@ -172,16 +160,16 @@ def sysfs_write(ksm: Ksm, name: str, value) -> None:
                 ksm.ksm_thread_pages_to_scan = ksm.ksm_advisor_min_pages_to_scan
         return
     if name == "advisor_max_cpu":
-        ksm.ksm_advisor_max_cpu = _kstrtoul_einval(s, name, value) & U32_MAX
+        ksm.ksm_advisor_max_cpu = _kstrto_einval(s, name, value) & U32_MAX
         return
     if name == "advisor_min_pages_to_scan":
-        ksm.ksm_advisor_min_pages_to_scan = _kstrtoul_einval(s, name, value)
+        ksm.ksm_advisor_min_pages_to_scan = _kstrto_einval(s, name, value)
         return
     if name == "advisor_max_pages_to_scan":
-        ksm.ksm_advisor_max_pages_to_scan = _kstrtoul_einval(s, name, value)
+        ksm.ksm_advisor_max_pages_to_scan = _kstrto_einval(s, name, value)
         return
     if name == "advisor_target_scan_time":
-        v = _kstrtoul_einval(s, name, value)
+        v = _kstrto_einval(s, name, value)
         if v < 1:
             raise _err(errno.EINVAL, name, value)
         ksm.ksm_advisor_target_scan_time = v
