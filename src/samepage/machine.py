@@ -253,8 +253,8 @@ class Machine:
     def sysfs_write(self, name: str, value) -> None:
         was_running = self.ksm.ksmd_should_run()
         sysfs_write(self.ksm, name, value)
-        if name == "run" and int(str(value)) == 1 and not was_running:
-            self.t0_ns = self.ksm.clock_ns
+        if name == "run" and int(str(value)) == 1 and not was_running and not self.batches:
+            self.t0_ns = self.ksm.clock_ns         # t_ms counts from the first run = 1
 
     def sysfs_read(self, name: str) -> int | str:
         if name == "advisor_mode":
