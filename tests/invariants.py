@@ -455,3 +455,29 @@ def check_invariants(machine, *, held_refs: dict | None = None, held_locks=()) -
     _check(c["general_profit"] == (ksm.ksm_pages_sharing + ksm.ksm_zero_pages) * PAGE_SIZE
            - ksm.ksm_rmap_items * RMAP_ITEM_SIZE, f"general_profit {c['general_profit']}")
     _check(c["full_scans"] == scan.seqnr, "full_scans != seqnr")
+
+
+# ---------------------------------------------------------------------------------------
+# small lookups shared by the behaviour tests
+
+
+def rmap_item_at(m, mm, address: int):
+    """The rmap_item of ``mm`` for the page at ``address`` (None if ksmd has none)."""
+    slot = m.ksm.mm_slots_hash.get(id(mm))
+    if slot is None:
+        return None
+    for it in slot.rmap_list:
+        if it.address & PAGE_MASK == address:
+            return it
+    return None
+
+
+def item_state(it) -> str:
+    """"S" (STABLE), "U" (UNSTABLE), "N" (in no tree) or "-" (no rmap_item)."""
+    if it is None:
+        return "-"
+    if it.address & STABLE_FLAG:
+        return "S"
+    if it.address & UNSTABLE_FLAG:
+        return "U"
+    return "N"

@@ -9,10 +9,10 @@ import errno
 
 import pytest
 
-from invariants import check_invariants
+from invariants import check_invariants, item_state as state, rmap_item_at
 from samepage import Machine
 from samepage.ksm.rbtree import rb_inorder
-from samepage.ksm.structs import PAGE_MASK, STABLE_FLAG, STABLE_NODE_CHAIN, UNSTABLE_FLAG
+from samepage.ksm.structs import STABLE_NODE_CHAIN
 from samepage.mm.content import PAGE_SHIFT, PAGE_SIZE
 from samepage.mm.folio import PG_KSM, ZERO_PFN
 from samepage.mm.mm import (MMF_VM_MERGE_ANY, MMF_VM_MERGEABLE, PR_GET_MEMORY_MERGE,
@@ -85,24 +85,7 @@ def is_ksm(m: Machine, pfn: int) -> bool:
 
 
 def item_at(m: Machine, p, region, i: int):
-    slot = m.ksm.mm_slots_hash.get(id(p.mm))
-    if slot is None:
-        return None
-    a = addr(p, region, i)
-    for it in slot.rmap_list:
-        if it.address & PAGE_MASK == a:
-            return it
-    return None
-
-
-def state(it) -> str:
-    if it is None:
-        return "-"
-    if it.address & STABLE_FLAG:
-        return "S"
-    if it.address & UNSTABLE_FLAG:
-        return "U"
-    return "N"
+    return rmap_item_at(m, p.mm, addr(p, region, i))
 
 
 def in_unstable_tree(m: Machine, it) -> bool:

@@ -15,9 +15,9 @@ import errno
 
 import pytest
 
-from invariants import check_invariants
+from invariants import check_invariants, item_state as state, rmap_item_at
 from samepage import Machine
-from samepage.ksm.structs import PAGE_MASK, STABLE_FLAG, UNSTABLE_FLAG
+from samepage.ksm.structs import PAGE_MASK
 from samepage.mm.content import PAGE_SHIFT
 from samepage.mm.folio import (PAGE_ANON_EXCLUSIVE, PG_FREED, PG_KSM, PG_LOCKED, ZERO_PFN,
                                MemoryError_)
@@ -73,24 +73,7 @@ def is_ksm_at(m: Machine, vma, i: int) -> bool:
 
 
 def item_at(m: Machine, p, vma, i: int):
-    slot = m.ksm.mm_slots_hash.get(id(p.mm))
-    if slot is None:
-        return None
-    a = vma.start + (i << PAGE_SHIFT)
-    for it in slot.rmap_list:
-        if it.address & PAGE_MASK == a:
-            return it
-    return None
-
-
-def state(it) -> str:
-    if it is None:
-        return "-"
-    if it.address & STABLE_FLAG:
-        return "S"
-    if it.address & UNSTABLE_FLAG:
-        return "U"
-    return "N"
+    return rmap_item_at(m, p.mm, vma.start + (i << PAGE_SHIFT))
 
 
 def batch(m: Machine, **held) -> int:

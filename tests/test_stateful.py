@@ -182,6 +182,9 @@ class KsmSystem(RuleBasedStateMachine):
     @precondition(lambda self: self._has_region())
     @rule(k=PICK, i=PICK, n=st.integers(1, 3))
     def zap(self, k, i, n):
+        self._zap(k, i, n)
+
+    def _zap(self, k, i, n):
         name, r = self._pick_region(k)
         lo = i % r.npages
         hi = min(r.npages, lo + n)
@@ -400,14 +403,7 @@ class KsmThpSystem(KsmSystem):
     @rule(k=PICK, i=PICK, n=st.sampled_from([1, 5, 100, 300, 512]))
     def zap_range(self, k, i, n):
         """MADV_DONTNEED of a longer range: whole PMD mappings or parts of them."""
-        name, r = self._pick_region(k)
-        lo = i % r.npages
-        hi = min(r.npages, lo + n)
-        assert self.procs[name].mm.madvise(r.addr(lo), (hi - lo) * PAGE_SIZE,
-                                           MADV_DONTNEED) == 0
-        if not r.shared:
-            for j in range(lo, hi):
-                self.expected[(name, r.addr(j))] = None
+        self._zap(k, i, n)
 
     @precondition(lambda self: self._has_region())
     @rule(k=PICK, i=PICK, n=st.sampled_from([1, 3, 100, 256]))

@@ -214,7 +214,6 @@ class Sanitizer(SanitizerHooks):
         mapping counts once), refcount >= mapcount + pins, no writable KSM PTE, the KSM
         counters against the trees (spec §8.1).  Raises a SanitizerReport."""
         mem = machine.mem
-        ksm = machine.ksm
         pf = mem.page_folio
         mms = _all_mms(machine)
 

@@ -25,11 +25,8 @@ from samepage.scenario import Scenario, ScenarioError, load_scenario, load_scena
 from samepage.scenario.model_runner import iter_model_trace
 
 from . import report
-from .common import (  # noqa: F401  (re-exported: the helpers used to live here)
+from .common import (
     EXIT_ERROR,
-    PROGRESS_AFTER_S,
-    PROGRESS_MIN_BATCHES,
-    CliError,
     LazyProgress,
     check_plot,
     error_exit,
@@ -37,9 +34,7 @@ from .common import (  # noqa: F401  (re-exported: the helpers used to live here
     print_run_report,
     reported_errors,
     scenario_title,
-    stderr_console,
     stdout_console,
-    with_batches,
     write_plot,
 )
 

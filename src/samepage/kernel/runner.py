@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from . import sysfs
-from .ksmd import Ksmd, KsmdError, Sample, UnreliableTrace, read_progress, wait_for_batch
+from .ksmd import Ksmd, Sample, UnreliableTrace, read_progress, wait_for_batch
 from .lock import ksm_lock
 from .lru import LruInterference, LruWatch, drain_lru_all_cpus
 from .lru import observable as lru_observable

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .sysfs import KSM_DIR, THP_DIR, TUNABLES, parse_ksm_stat, parse_value
+from .sysfs import KSM_DIR, THP_DIR, parse_ksm_stat, parse_value
 
 PROC = "/proc"
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
