@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import errno
 from array import array
+from bisect import bisect_right, insort
+from operator import attrgetter
 
 from .content import PAGE_SHIFT, PAGE_SIZE, Content, make_content
 from .huge import HPAGE_PMD_NR, HPAGE_PMD_ORDER
@@ -134,7 +136,7 @@ class Vma:
 class MM:
     """``struct mm_struct`` of one process."""
 
-    __slots__ = ("mem", "name", "pid", "vmas", "flags", "mm_users", "nid",
+    __slots__ = ("mem", "name", "pid", "vmas", "vma_names", "flags", "mm_users", "nid",
                  "ksm_merging_pages", "ksm_rmap_items", "ksm_zero_pages", "anon_rss",
                  "next_addr", "pte_tables", "__weakref__")
 
@@ -145,7 +147,10 @@ class MM:
         self.name = name
         MM._next_pid += 1
         self.pid = MM._next_pid
+        # Sorted by start and never overlapping: lookups bisect it, O(log N) as the
+        # kernel's maple tree gives (vma_lookup, vma_iter_init).
         self.vmas: list[Vma] = []
+        self.vma_names: dict[str, Vma] = {}   # name -> its lowest VMA (a split keeps the name)
         self.flags = 0
         self.mm_users = 1
         self.nid = nid
@@ -160,17 +165,28 @@ class MM:
         return f"<mm {self.name} pid={self.pid}>"
 
     # -- VMAs ---------------------------------------------------------------------------
+    def vma_index(self, addr: int) -> int:
+        """Index in ``vmas`` of the first VMA ending above ``addr`` (``vma_iter_init``:
+        where a walk from ``addr`` starts); ``len(vmas)`` if there is none."""
+        vmas = self.vmas
+        i = bisect_right(vmas, addr, key=_vma_start) - 1
+        if i < 0 or vmas[i].end <= addr:
+            i += 1
+        return i
+
     def find_vma(self, addr: int) -> Vma | None:
-        for vma in self.vmas:
-            if vma.start <= addr < vma.end:
-                return vma
+        """The VMA containing ``addr`` (``vma_lookup``), or None."""
+        vmas = self.vmas
+        i = bisect_right(vmas, addr, key=_vma_start) - 1
+        if i >= 0 and addr < vmas[i].end:
+            return vmas[i]
         return None
 
     def vma_by_name(self, name: str) -> Vma:
-        for vma in self.vmas:
-            if vma.name == name:
-                return vma
-        raise KeyError(name)
+        vma = self.vma_names.get(name)
+        if vma is None:
+            raise KeyError(name)
+        return vma
 
     def mmap(self, pages: int, *, name: str | None = None, flags: int = VM_READ | VM_WRITE,
              align: int = PMD_SIZE, addr: int | None = None) -> Vma:
@@ -183,7 +199,8 @@ class MM:
         length = pages << PAGE_SHIFT
         if addr is None:
             addr = (self.next_addr + align - 1) & ~(align - 1)
-        if any(v.start < addr + length and addr < v.end for v in self.vmas):
+        i = self.vma_index(addr)
+        if i < len(self.vmas) and self.vmas[i].start < addr + length:
             raise ValueError(f"mapping at {addr:#x} overlaps an existing VMA")
         self.next_addr = max(self.next_addr, addr + length + PMD_SIZE)
         vma = Vma(self, addr, addr + length, flags, name)
@@ -192,8 +209,26 @@ class MM:
         return vma
 
     def _insert_vma(self, vma: Vma) -> None:
-        self.vmas.append(vma)
-        self.vmas.sort(key=lambda v: v.start)
+        insort(self.vmas, vma, key=_vma_start)
+        name = vma.name
+        if name is not None:
+            first = self.vma_names.get(name)
+            if first is None or vma.start < first.start:
+                self.vma_names[name] = vma
+
+    def _remove_vma(self, vma: Vma) -> None:
+        vmas = self.vmas
+        i = bisect_right(vmas, vma.start, key=_vma_start) - 1
+        assert vmas[i] is vma
+        del vmas[i]
+        name = vma.name
+        if name is not None and self.vma_names.get(name) is vma:
+            # rare (munmap of a named region's first part): find the next of that name
+            del self.vma_names[name]
+            for v in vmas:
+                if v.name == name:
+                    self.vma_names[name] = v
+                    break
 
     def split_vma(self, vma: Vma, addr: int) -> Vma:
         """Split ``vma`` at ``addr``; returns the upper part (``__split_vma``).  A PMD
@@ -223,10 +258,13 @@ class MM:
     def vmas_in_range(self, start: int, end: int, split: bool = True) -> list[Vma]:
         """The VMAs covering [start, end), split at the boundaries when ``split``."""
         out = []
-        for vma in list(self.vmas):
-            if vma.end <= start or vma.start >= end:
-                continue
+        vmas = self.vmas
+        i = self.vma_index(start)
+        while i < len(vmas) and vmas[i].start < end:
+            vma = vmas[i]
+            i += 1
             if split and vma.start < start:
+                i += 1                     # the upper part is inserted after vma
                 vma = self.split_vma(vma, start)
             if split and vma.end > end:
                 self.split_vma(vma, end)
@@ -523,7 +561,7 @@ class MM:
     def munmap(self, start: int, length: int) -> None:
         for vma in self.vmas_in_range(start, start + length):
             self.zap_pte_range(vma, 0, vma.nr_pages)
-            self.vmas.remove(vma)
+            self._remove_vma(vma)
             if vma.anon_vma is not None:
                 vma.anon_vma.unlink(vma)
 
@@ -560,7 +598,9 @@ class MM:
             if vma.anon_vma is not None:
                 new.anon_vma = AnonVma(vma.anon_vma)
                 new.anon_vma.link(new)
-            child.vmas.append(new)
+            child.vmas.append(new)                # in order: self.vmas is sorted
+            if new.name is not None and new.name not in child.vma_names:
+                child.vma_names[new.name] = new
             pte, ptef = vma.pte, vma.ptef
             cpte, cptef = new.pte, new.ptef
             cow = not vma.flags & VM_SHARED and vma.flags & VM_WRITE
@@ -614,6 +654,7 @@ class MM:
             if vma.anon_vma is not None:
                 vma.anon_vma.unlink(vma)
         self.vmas = []
+        self.vma_names = {}
 
     # -- inspection ----------------------------------------------------------------------
     def iter_present(self):
@@ -623,6 +664,9 @@ class MM:
             for i in range(len(pte)):
                 if pte[i] >= 0:
                     yield vma.start + (i << PAGE_SHIFT), pte[i], ptef[i]
+
+
+_vma_start = attrgetter("start")
 
 
 def is_zero_folio(folio: Folio) -> bool:
