@@ -710,9 +710,11 @@ class Ksm(KsmHooks):
             mm = slot.mm
             exiting = mm.mm_users == 0
             if not exiting:
-                for vma in mm.vmas:
-                    if vma.end <= scan.address:
-                        continue
+                vmas = mm.vmas
+                vi = mm.vma_index(scan.address)       # vma_iter_init(&vmi, mm, address)
+                while vi < len(vmas):
+                    vma = vmas[vi]
+                    vi += 1
                     if not vma.flags & VM_MERGEABLE:
                         continue
                     if scan.address < vma.start:
