@@ -30,11 +30,17 @@ decisions at ``ksmd:start`` / ``ksmd:sleep`` are not preemptions).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from samepage.machine import SyscallError
 from samepage.sanitizer import SanitizerReport
@@ -42,6 +48,12 @@ from samepage.scenario.model_runner import apply_event, setup_machine
 from samepage.scenario.schema import Scenario, ThreadCfg, ThreadOpCfg
 
 STRATEGY_NAMES = ("random", "pct", "exhaustive")
+#: Caps of a schedule file read back (--replay).
+MAX_SCHEDULE_BYTES = 16 * 1024 * 1024
+MAX_DECISIONS = 100_000
+MAX_SCHEDULE_STEP = 2 ** 62
+MAX_NAME = 256
+MAX_TEXT = 4096
 SLEEP_POINTS = ("ksmd:start", "ksmd:sleep")
 WRITE_LOCK_OPS = ("unmergeable", "munmap", "fork", "exit")
 
@@ -239,19 +251,38 @@ class SearchResult:
     found: Execution | None
     elapsed: float
     complete: bool = False           # exhaustive: the whole bounded space was explored
+    #: why the search stopped: "found", "complete", "budget" (time) or "schedules" (count)
+    stopped: str = "complete"
+
+
+#: progress(schedules, steps, elapsed seconds), called after every schedule
+Progress = Callable[[int, int, float], None]
 
 
 def explore(scenario: Scenario, same_folio: str, strategy: str = "exhaustive",
             budget: float = 60.0, schedules: int | None = None, seed: int = 0,
-            bound: int = 2) -> SearchResult:
+            bound: int = 2, progress: Progress | None = None) -> SearchResult:
     """Search schedules until a SanitizerReport, the time ``budget`` (seconds) or
     ``schedules`` runs; returns what was explored and the failing Execution if any."""
+    res = _explore(scenario, same_folio, strategy, budget, schedules, seed, bound, progress)
+    if res.found is not None:
+        res.stopped = "found"
+    elif not res.complete:
+        res.stopped = ("schedules" if schedules is not None and res.schedules >= schedules
+                       else "budget")
+    return res
+
+
+def _explore(scenario, same_folio, strategy, budget, schedules, seed, bound,
+             progress) -> SearchResult:
     if strategy not in STRATEGY_NAMES:
         raise ValueError(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGY_NAMES)})")
     t0 = time.monotonic()
     n = steps = 0
 
     def out_of_budget() -> bool:
+        if progress is not None:
+            progress(n, steps, time.monotonic() - t0)
         return (schedules is not None and n >= schedules) or time.monotonic() - t0 >= budget
 
     # the schedule without preemptions comes first: it also measures the expected steps
@@ -326,15 +357,66 @@ def schedule_json(scenario_path: str | None, same_folio: str, strategy: str, see
     }
 
 
-def load_schedule(data: dict) -> tuple[str | None, list[Decision]]:
-    """(same_folio, decisions) of a schedule file's JSON."""
-    if not isinstance(data, dict) or not isinstance(data.get("decisions"), list):
-        raise ValueError("not a schedule file (no 'decisions' list)")
-    out = []
-    for d in data["decisions"]:
-        out.append(Decision(int(d["step"]), str(d["point"]), str(d["thread"]),
-                            str(d.get("op", ""))))
-    return data.get("same_folio"), out
+class ScheduleDecision(BaseModel):
+    """One decision of a schedule file: at ``step`` (a ``point``), ``thread`` runs ``op``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    step: int = Field(ge=0, le=MAX_SCHEDULE_STEP)
+    point: str = Field(min_length=1, max_length=MAX_NAME)
+    thread: str = Field(min_length=1, max_length=MAX_NAME)
+    op: str = Field(default="", max_length=MAX_TEXT)
+
+
+class ScheduleReport(BaseModel):
+    """The sanitizer report a schedule produced when it was saved (shown, not trusted)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    kind: str = Field(max_length=MAX_NAME)
+    op: str | None = Field(default=None, max_length=MAX_TEXT)
+    function: str | None = Field(default=None, max_length=MAX_TEXT)
+    summary: str = Field(max_length=MAX_TEXT)
+
+
+class ScheduleFile(BaseModel):
+    """A schedule file (``samepage explore --save`` / ``--replay``), as schedule_json writes."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    scenario: str | None = Field(default=None, max_length=MAX_TEXT)
+    same_folio: str | None = Field(default=None, min_length=1, max_length=MAX_NAME)
+    strategy: str | None = Field(default=None, max_length=MAX_NAME)
+    seed: int | None = None
+    decisions: list[ScheduleDecision] = Field(max_length=MAX_DECISIONS)
+    report: ScheduleReport | None = None
+
+    @model_validator(mode="after")
+    def _steps_increase(self) -> "ScheduleFile":
+        for i in range(1, len(self.decisions)):
+            if self.decisions[i].step <= self.decisions[i - 1].step:
+                raise PydanticCustomError("scenario", "{msg}", {
+                    "msg": f"{self.decisions[i].step} does not follow step "
+                           f"{self.decisions[i - 1].step}", "sub": ("decisions", i, "step")})
+        return self
+
+
+def parse_schedule(data: object, filename: str) -> ScheduleFile:
+    """A schedule file's parsed JSON, checked (ScenarioError ``FILE: KEY: msg`` if not)."""
+    from samepage.scenario.jsonfile import validate
+
+    return validate(ScheduleFile, data, filename)
+
+
+def read_schedule(path: str) -> ScheduleFile:
+    """Read and check the schedule file at ``path`` (size and depth capped, finite numbers)."""
+    from samepage.scenario.jsonfile import read_json_file
+
+    return parse_schedule(read_json_file(path, max_bytes=MAX_SCHEDULE_BYTES, max_depth=8), path)
+
+
+def load_schedule(data: dict | ScheduleFile, filename: str = "<schedule>"
+                  ) -> tuple[str | None, list[Decision]]:
+    """(same_folio, decisions) of a schedule file (its JSON, or a checked ScheduleFile)."""
+    sf = data if isinstance(data, ScheduleFile) else parse_schedule(data, filename)
+    return sf.same_folio, [Decision(d.step, d.point, d.thread, d.op) for d in sf.decisions]
 
 
 def replay(scenario: Scenario, same_folio: str, decisions: list[Decision]) -> Execution:
@@ -348,7 +430,21 @@ def format_schedule(ex: Execution) -> list[str]:
             for d in ex.decisions]
 
 
-def save_schedule(path: str, data: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
+def save_schedule(path: str, data: dict, force: bool = False) -> None:
+    """Write a schedule file; an existing file is replaced only with ``force`` (atomically,
+    through a temporary file beside it), otherwise FileExistsError."""
+    text = json.dumps(data, indent=2) + "\n"
+    if not force:
+        with open(path, "x") as f:                   # O_EXCL: never over an existing file
+            f.write(text)
+        return
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".schedule-", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

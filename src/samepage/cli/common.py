@@ -2,7 +2,10 @@
 loading scenarios and writing plots, and the report printed after a run (model or kernel).
 
 Every expected failure is reported as one line ``samepage: error: ...`` on stderr with exit
-status 2, never a traceback.
+status 2, never a traceback. Every string that comes from a file, the command line or the
+system (scenario, process and file names, kernel releases) goes through ``printable`` (control
+characters shown as ``\\x1b``) before it reaches the terminal, and ``markup_safe`` (printable,
+then rich markup escaped) before it reaches rich markup.
 """
 
 from __future__ import annotations
@@ -37,8 +40,35 @@ class CliError(Exception):
     """An expected failure: reported as one line on stderr, exit status 2."""
 
 
+#: Longest error message printed (a file can put a huge string into one).
+MAX_MESSAGE = 2000
+
+# C0 controls (newline and tab included), DEL, C1 controls, and the bidirectional overrides
+# and isolates that reorder what a terminal shows.
+_UNPRINTABLE = {c: (f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}")
+                for c in (*range(0x20), *range(0x7f, 0xa0), *range(0x202a, 0x202f),
+                          *range(0x2066, 0x206a), 0x200e, 0x200f, 0x061c)}
+
+
+def printable(s: object) -> str:
+    """``s`` with every control character written as an escape (``\\x1b``, ``\\x0a``)."""
+    return str(s).translate(_UNPRINTABLE)
+
+
+def markup_safe(s: object) -> str:
+    """``s`` safe to put into rich markup: printable, and ``[...]`` escaped."""
+    return escape(printable(s))
+
+
+def print_lines(text: object, file: Any = None) -> None:
+    """Print a multi-line text (plain, no rich), each line made printable."""
+    for line in str(text).split("\n"):
+        print(printable(line), file=file if file is not None else sys.stdout)
+
+
 def one_line(msg: object) -> str:
-    return " ".join(str(msg).split())
+    s = printable(" ".join(str(msg).split()))
+    return s if len(s) <= MAX_MESSAGE else s[:MAX_MESSAGE] + "..."
 
 
 def error_exit(msg: str, code: int = EXIT_ERROR) -> NoReturn:
@@ -116,12 +146,33 @@ class LazyProgress:
 
 
 def scenario_title(scenario: Scenario, fallback: str) -> str:
-    return scenario.name or Path(fallback).stem
+    """The scenario's name (or its file's stem), printable; still to be escaped for markup."""
+    return printable(scenario.name or Path(fallback).stem)
+
+
+#: The file name of a scenario read from standard input (``-``) in messages.
+STDIN_NAME = "<stdin>"
+
+
+def read_scenario(path: str) -> Scenario:
+    """load_scenario(path); ``-`` reads the scenario from standard input."""
+    if path != "-":
+        return load_scenario(path)
+    from samepage.scenario import ScenarioError, load_scenario_text
+
+    stream = getattr(sys.stdin, "buffer", sys.stdin)
+    raw = stream.read()
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ScenarioError(STDIN_NAME, "(toml)", f"not valid UTF-8 (byte {e.start})") from None
+    return load_scenario_text(raw, filename=STDIN_NAME)
 
 
 def load(path: str) -> Scenario:
     with reported_errors():
-        return load_scenario(path)
+        return read_scenario(path)
 
 
 def with_batches(scenario: Scenario, batches: int | None) -> Scenario:

@@ -50,7 +50,8 @@ kernel_app = typer.Typer(
          "(status, top).",
     no_args_is_help=True,
     add_completion=False,
-    pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,             # plain help text, as the root command's
+    pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

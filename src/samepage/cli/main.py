@@ -2,15 +2,26 @@
 live kernel (``samepage kernel ...``, samepage.cli.kernel) and model-vs-kernel comparison
 (``samepage compare``, samepage.cli.compare).
 
-Every expected failure (a bad scenario file, a scenario that cannot be carried out, an unwritable
-plot) is reported as one line ``samepage: error: ...`` on stderr with exit status 2.
+Conventions (SamepageGroup.main, the entry point of the ``samepage`` console script):
+
+* every expected failure (a bad scenario, schedule or trace file, a scenario that cannot be
+  carried out, an unwritable plot) and every usage error (a missing argument, an unknown
+  option) is one line ``samepage: error: ...`` on stderr, exit status 2;
+* an unexpected exception (a bug) is one line ``samepage: internal error: TYPE: message (run
+  with SAMEPAGE_DEBUG=1 for the traceback)``, exit status 3; with SAMEPAGE_DEBUG=1 the
+  traceback is printed first;
+* a closed standard output (``samepage ... | head -1``) is not an error: exit status 0, quietly;
+* Ctrl-C: exit status 130;
+* a SCENARIO argument of ``-`` reads the scenario from standard input.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -18,6 +29,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
 from samepage import KERNEL_RELEASE_MODELLED, __version__
 from samepage.scenario import Scenario, ScenarioError, load_scenario, load_scenario_text, \
@@ -31,7 +43,12 @@ from .common import (
     check_plot,
     error_exit,
     load,
+    markup_safe,
+    one_line,
+    print_lines,
     print_run_report,
+    printable,
+    read_scenario,
     reported_errors,
     scenario_title,
     stdout_console,
@@ -39,13 +56,94 @@ from .common import (
 )
 
 DEMO_RESOURCE = "data/demo.toml"
+#: Exit status of an internal error (a bug in samepage, not in the input).
+EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130
+DEBUG_ENV = "SAMEPAGE_DEBUG"
+
+
+def _quiet_stdout() -> None:
+    """After a closed pipe: point stdout at /dev/null so that the interpreter's final flush
+    does not fail again (the Python documentation's recipe for SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):   # not a real file (a test runner's)
+        pass
+
+
+def usage_error_line(e: Exception) -> str:
+    """A click usage error as ``samepage: error: run: missing argument SCENARIO (see
+    samepage run --help)``."""
+    import typer._click as click
+
+    ctx = getattr(e, "ctx", None)
+    msg = e.format_message() if isinstance(e, click.ClickException) else str(e)
+    msg = msg.strip().rstrip(".")
+    # click quotes names ('SCENARIO', '--batchez'): drop the quotes of simple ones
+    msg = " ".join(w.strip("'") if w.startswith("'") and w.rstrip("',.").count("'") <= 1
+                   else w for w in msg.split())
+    if msg[:1].isupper() and not msg[1:2].isupper():
+        msg = msg[0].lower() + msg[1:]
+    path = ctx.command_path if ctx is not None else "samepage"
+    sub = path.split(" ", 1)[1] + ": " if " " in path else ""
+    return f"samepage: error: {sub}{one_line(msg)} (see {printable(path)} --help)"
+
+
+class SamepageGroup(TyperGroup):
+    """The root command: runs a command and turns every way it can end into the exit status
+    and at most one line on stderr (see the module docstring)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
+             **extra):
+        import typer._click as click
+        from typer.exceptions import Abort, Exit
+
+        args = sys.argv[1:] if args is None else list(args)
+        code = 0
+        try:
+            with self.make_context(prog_name or "samepage", args, **extra) as ctx:
+                self.invoke(ctx)
+        except Exit as e:
+            code = e.exit_code
+        except click.exceptions.NoArgsIsHelpError as e:
+            # `samepage` or `samepage kernel` alone: the help, as click would show it
+            print(e.ctx.get_help(), file=sys.stderr)
+            code = EXIT_ERROR
+        except click.ClickException as e:
+            print(usage_error_line(e), file=sys.stderr, flush=True)
+            code = EXIT_ERROR
+        except (Abort, KeyboardInterrupt, EOFError):
+            print("samepage: interrupted", file=sys.stderr, flush=True)
+            code = EXIT_INTERRUPTED
+        except BrokenPipeError:
+            _quiet_stdout()
+            code = 0
+        except Exception as e:  # a bug: short, unless asked for the traceback
+            if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+                traceback.print_exc()
+            print(f"samepage: internal error: {type(e).__name__}: {one_line(e)} "
+                  f"(run with {DEBUG_ENV}=1 for the traceback)", file=sys.stderr, flush=True)
+            code = EXIT_INTERNAL
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _quiet_stdout()
+        except (OSError, ValueError):
+            pass
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
 
 app = typer.Typer(
     name="samepage",
+    cls=SamepageGroup,
     help="An executable model of Linux 6.18 KSM (Kernel Samepage Merging).",
     no_args_is_help=True,
     add_completion=False,
-    pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,             # help text is plain: [[thread]] stays [[thread]]
+    pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -179,7 +277,7 @@ def run(
                         progress.advance()
         except SanitizerReport as rep:
             out.flush()
-            print(f"samepage: {rep}", file=sys.stderr, flush=True)
+            print_lines(f"samepage: {rep}", file=sys.stderr)
             raise typer.Exit(1) from None
         if json_out:
             out.flush()
@@ -246,13 +344,13 @@ def demo(
         sc = load_scenario_text(text, filename=f"samepage/{DEMO_RESOURCE}")
     con = stdout_console()
     say = functools.partial(con.print, soft_wrap=True)
-    title = sc.name or "demo"
+    title = printable(sc.name or "demo")
     names = [p.name for p in sc.processes]
     pages = sum(rc.pages for p in sc.processes for rc in p.regions)
     say(f"[bold]samepage demo: {escape(title)}[/]")
     if sc.description:
-        say(f"[dim]{escape(sc.description)}[/]")
-    say(f"{len(names)} processes ({', '.join(names)}) map {pages} mergeable pages "
+        say(f"[dim]{markup_safe(sc.description)}[/]")
+    say(f"{len(names)} processes ({markup_safe(', '.join(names))}) map {pages} mergeable pages "
         f"({report.mib(pages * report.PAGE_SIZE)}); pages_to_scan = "
         f"{sc.ksm.get('pages_to_scan')}, sleep_millisecs = {sc.ksm.get('sleep_millisecs')}; "
         f"{sc.run.batches} ksmd batches on the model of Linux {KERNEL_RELEASE_MODELLED}.")
@@ -303,7 +401,7 @@ def demo(
         say(f"[bold]ksmd CPU time[/] in the model: {s.cpu_ms:.1f} ms over "
             f"{s.t_ms / 1000:.2f} s{share}. [dim](The simulation took {r.wall_s - slept:.2f} s.)[/]")
     if plot is not None:
-        say(f"[bold]Plot[/] written to {escape(str(plot))}")
+        say(f"[bold]Plot[/] written to {markup_safe(plot)}")
 
 
 # ------------------------------------------------------------------------------ validate
@@ -311,19 +409,20 @@ def demo(
 
 @app.command()
 def validate(
-    scenarios: Annotated[list[str], typer.Argument(help="Scenario files (TOML).",
+    scenarios: Annotated[list[str], typer.Argument(help="Scenario files (TOML); - reads one "
+                                                        "from standard input.",
                                                    metavar="SCENARIO")],
 ) -> None:
     """Check scenario files: print "FILE: ok" or the file's one-line error for each."""
     failed = 0
     for path in scenarios:
         try:
-            load_scenario(path)
+            read_scenario(path)
         except ScenarioError as e:
             failed += 1
-            print(str(e), flush=True)
+            print(one_line(e), flush=True)
         else:
-            print(f"{path}: ok", flush=True)
+            print(f"{printable(path)}: ok", flush=True)
     if failed:
         print(f"samepage: error: {failed} of {len(scenarios)} scenario files failed",
               file=sys.stderr)
@@ -342,10 +441,69 @@ app.add_typer(kernel_app, name="kernel")
 # ------------------------------------------------------------------------------ explore
 
 
+def default_schedule_path(scenario: str) -> str:
+    """Where a failing schedule is saved without --save: in the current directory, the
+    scenario file's name with .schedule.json for .toml (``-``: stdin.schedule.json)."""
+    base = "stdin" if scenario == "-" else os.path.basename(scenario)
+    stem, ext = os.path.splitext(base)
+    return (stem if ext == ".toml" and stem else base) + ".schedule.json"
+
+
+def check_schedule_path(path: str, scenario: str, force: bool) -> None:
+    """Refuse (one line, exit 2) before the search a --save path that could not be written
+    or would replace a file without --force (and the scenario itself, even with --force)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        error_exit(f"{path}: cannot save the schedule: no such directory: {parent}")
+    if os.path.isdir(path):
+        error_exit(f"{path}: cannot save the schedule: is a directory")
+    if not os.path.lexists(path):
+        return
+    if scenario != "-" and os.path.exists(path) and os.path.exists(scenario) and \
+            os.path.samefile(path, scenario):
+        error_exit(f"{path}: is the scenario file: save the schedule elsewhere (--save FILE)")
+    if not force:
+        error_exit(f"{path}: already exists: a failing schedule would not be saved over it "
+                   "(--save FILE to choose another file, --force to replace it)")
+
+
+class ExploreProgress:
+    """A one-line status on stderr while exploring, when stderr is a terminal: schedules,
+    steps and the time used of the budget (after PROGRESS_AFTER_S seconds)."""
+
+    def __init__(self, budget: float, schedules: int | None) -> None:
+        self.budget = budget
+        self.schedules = schedules
+        self.enabled = sys.stderr.isatty()
+        self.live = None
+
+    def __call__(self, n: int, steps: int, elapsed: float) -> None:
+        if not self.enabled:
+            return
+        from .common import PROGRESS_AFTER_S, stderr_console
+
+        if self.live is None:
+            if elapsed < PROGRESS_AFTER_S:
+                return
+            from rich.live import Live
+
+            self.live = Live(console=stderr_console(), transient=True, auto_refresh=False)
+            self.live.start()
+        limit = f" of {self.schedules}" if self.schedules is not None else ""
+        self.live.update(f"exploring: {n} schedules{limit}, {steps} steps, "
+                         f"{elapsed:.0f} s of the {self.budget:g} s budget", refresh=True)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+
 @app.command()
 def explore(
-    scenario: Annotated[str, typer.Argument(help="Scenario file (TOML) with [[thread]] tables.",
-                                            metavar="SCENARIO")],
+    scenario: Annotated[str, typer.Argument(
+        help="Scenario file (TOML) with [[thread]] tables; - reads it from standard input.",
+        metavar="SCENARIO")],
     same_folio: Annotated[Optional[str], typer.Option(
         "--same-folio", metavar="STRATEGY",
         help="The same-folio strategy to check (default: the scenario's [model] same_folio; "
@@ -354,26 +512,31 @@ def explore(
         "--strategy", metavar="random|pct|exhaustive",
         help="How schedules are chosen.")] = "exhaustive",
     budget: Annotated[float, typer.Option(
-        "--budget", min=0, metavar="SECONDS", help="Stop searching after this long.")] = 60.0,
+        "--budget", min=0, max=10 ** 9, metavar="SECONDS",
+        help="Stop searching after this long.")] = 60.0,
     schedules: Annotated[Optional[int], typer.Option(
         "--schedules", min=1, metavar="N", help="Stop after N schedules.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of random and pct.")] = 0,
     bound: Annotated[int, typer.Option(
-        "--bound", min=0, metavar="K",
+        "--bound", min=0, max=1000, metavar="K",
         help="exhaustive: at most K preemptions of ksmd; pct: K change points.")] = 2,
     save: Annotated[Optional[str], typer.Option(
         "--save", metavar="FILE",
-        help="Where to save a failing schedule (default SCENARIO.schedule.json).")] = None,
+        help="Where to save a failing schedule (default: SCENARIO's name with .schedule.json, "
+             "in the current directory). An existing file is never replaced without "
+             "--force.")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace an existing --save FILE.")] = False,
     replay_file: Annotated[Optional[str], typer.Option(
         "--replay", metavar="FILE", help="Replay the schedule saved in FILE.")] = None,
 ) -> None:
     """Explore interleavings of ksmd with the scenario's [[thread]]s under the sanitizer.
 
     Stops at the first sanitizer report: prints it with the schedule that produced it, saves
-    the schedule as JSON and exits 1.  With nothing found, prints how many schedules and
-    steps (preemption points visited) were explored and exits 0."""
-    import json
-
+    the schedule as JSON and exits 1.  With nothing found, says how many schedules and steps
+    (preemption points visited) were explored and whether the whole space within the bound
+    was explored or the budget ran out first, and exits 0.  On a terminal, the progress is
+    shown on stderr."""
     from samepage import explore as ex_mod
     from samepage.ksm.same_folio import STRATEGIES
 
@@ -384,15 +547,10 @@ def explore(
     decisions = None
     recorded_report = None
     if replay_file is not None:
-        try:
-            with open(replay_file) as f:
-                data = json.load(f)
-            recorded, decisions = ex_mod.load_schedule(data)
-            recorded_report = (data.get("report") or {}).get("summary")
-        except OSError as e:
-            error_exit(f"{replay_file}: {e.strerror or e}")
-        except (ValueError, KeyError, TypeError) as e:
-            error_exit(f"{replay_file}: not a schedule file ({e})")
+        with reported_errors():
+            sched = ex_mod.read_schedule(replay_file)
+        recorded, decisions = ex_mod.load_schedule(sched)
+        recorded_report = sched.report.summary if sched.report is not None else None
         same_folio = same_folio or recorded
     same_folio = same_folio or sc.model.same_folio
     if same_folio not in STRATEGIES:
@@ -400,46 +558,67 @@ def explore(
                    f"(one of {', '.join(STRATEGIES)})")
     if not sc.threads:
         error_exit(f"{scenario}: no [[thread]] table: nothing to interleave with ksmd")
-    with reported_errors():
-        if decisions is not None:
+    if decisions is not None:
+        with reported_errors():
             try:
                 run = ex_mod.replay(sc, same_folio, decisions)
             except ex_mod.ReplayDiverged as e:
-                error_exit(f"replay diverged: {e}")
-            print(f"replay of {replay_file} ({same_folio}): {run.steps} steps")
-            print("schedule:")
-            print("\n".join(ex_mod.format_schedule(run)))
-            if run.report is None:
-                print("no sanitizer report" + (" (the schedule file recorded one: "
-                                               f"{recorded_report})" if recorded_report
-                                               else ""))
-                return
-            print(str(run.report))
-            if recorded_report is not None:
-                same = run.report.summary() == recorded_report
-                print("the recorded report is reproduced" if same else
-                      f"a different report than the recorded one: {recorded_report}")
-            raise typer.Exit(1)
-        res = ex_mod.explore(sc, same_folio, strategy, budget=budget, schedules=schedules,
-                             seed=seed, bound=bound)
+                error_exit(f"{replay_file}: replay diverged: {e}")
+        print_lines(f"replay of {replay_file} ({same_folio}): {run.steps} steps")
+        print("schedule:")
+        print_lines("\n".join(ex_mod.format_schedule(run)))
+        if run.report is None:
+            print_lines("no sanitizer report" + (" (the schedule file recorded one: "
+                                                 f"{recorded_report})" if recorded_report
+                                                 else ""))
+            return
+        print_lines(run.report)
+        if recorded_report is not None:
+            same = run.report.summary() == recorded_report
+            print_lines("the recorded report is reproduced" if same else
+                        f"a different report than the recorded one: {recorded_report}")
+        raise typer.Exit(1)
+
+    path = save or default_schedule_path(scenario)
+    check_schedule_path(path, scenario, force)
+    progress = ExploreProgress(budget, schedules)
+    with reported_errors():
+        try:
+            res = ex_mod.explore(sc, same_folio, strategy, budget=budget, schedules=schedules,
+                                 seed=seed, bound=bound, progress=progress)
+        finally:
+            progress.close()
     what = (f"{res.schedules} schedules, {res.steps} steps (preemption points visited) "
             f"in {res.elapsed:.1f} s")
+    head = f"explore {scenario} ({same_folio}, {strategy})"
     if res.found is None:
-        extra = ("; the whole space within the bound was explored" if res.complete else "")
-        print(f"explore {scenario} ({same_folio}, {strategy}): nothing found: {what}{extra}")
+        if res.stopped == "complete":
+            verdict = f"the whole space within bound {bound} was explored"
+        elif res.stopped == "schedules":
+            verdict = (f"the limit of {schedules} schedules ran out: the space was NOT "
+                       "exhausted")
+        else:
+            verdict = f"the budget of {budget:g} s ran out: the space was NOT exhausted"
+        if strategy != "exhaustive" and res.stopped != "complete":
+            verdict += f" ({strategy} search samples schedules; exhaustive covers the space)"
+        print_lines(f"{head}: nothing found: {what}; {verdict}")
         return
     run = res.found
-    path = save or f"{scenario}.schedule.json"
-    data = ex_mod.schedule_json(scenario, same_folio, strategy, seed, run)
+    data = ex_mod.schedule_json(None if scenario == "-" else scenario, same_folio, strategy,
+                                seed, run)
     try:
-        ex_mod.save_schedule(path, data)
+        ex_mod.save_schedule(path, data, force=force)
+        saved = f"schedule saved to {path} (samepage explore {scenario} --replay {path})"
+    except FileExistsError:      # created during the search
+        saved = f"schedule NOT saved: {path} appeared during the search (use --force)"
     except OSError as e:
-        error_exit(f"{path}: {e.strerror or e}")
-    print(f"explore {scenario} ({same_folio}, {strategy}): {run.report.kind} found "
-          f"after {what}")
+        saved = f"schedule NOT saved: {path}: {e.strerror or e}"
+    print_lines(f"{head}: {run.report.kind} found after {what}")
     print("schedule:")
-    print("\n".join(ex_mod.format_schedule(run)))
-    print(str(run.report))
-    print(f"schedule saved to {path} (samepage explore {scenario} --replay {path})")
+    print_lines("\n".join(ex_mod.format_schedule(run)))
+    print_lines(run.report)
+    print_lines(saved)
     raise typer.Exit(1)
+
+
 app.command("compare")(_compare_command)

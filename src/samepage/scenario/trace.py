@@ -1,4 +1,9 @@
-"""Trace records (JSON Lines): one per ksmd batch, then one final per-process record."""
+"""Trace records (JSON Lines): one per ksmd batch, then one final per-process record.
+
+A trace read back (``samepage compare --against``) is untrusted: every line goes through
+samepage.scenario.jsonfile (depth cap, finite numbers of at most 64 bits, no duplicate keys)
+and the record checks below (types and ranges); the file is capped at MAX_TRACE_BYTES.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,14 @@ import os
 from typing import IO, Any, Iterable
 
 from .errors import ScenarioError
+from .jsonfile import parse_json, read_text_file
+
+#: A trace file larger than this is refused (a million batches is ~300 MiB).
+MAX_TRACE_BYTES = 512 * 1024 * 1024
+#: t_ms beyond this (about 31 years) is not a time a trace can hold.
+MAX_T_MS = 1e12
+#: Longest kernel release and process name accepted.
+MAX_NAME = 256
 
 #: The /sys/kernel/mm/ksm counters of a batch record, in trace order.
 COUNTER_NAMES: tuple[str, ...] = (
@@ -65,6 +78,13 @@ def write_trace_jsonl(records: Iterable[dict[str, Any]], fileobj: IO[str]) -> No
         fileobj.write(json.dumps(rec) + "\n")
 
 
+def _show(v: Any) -> str:
+    """A value for an error message: short, whatever the file held."""
+    s = json.dumps(v) if isinstance(v, (str, int, float, bool)) or v is None else \
+        ("an object" if isinstance(v, dict) else "an array" if isinstance(v, list) else repr(v))
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -72,29 +92,31 @@ def _is_int(v: Any) -> bool:
 def _check_batch(rec: dict[str, Any], prev: int | None) -> str | None:
     b = rec["batch"]
     if not _is_int(b) or b < 1:
-        return f"batch must be an integer >= 1 (got {b!r})"
+        return f"batch must be an integer >= 1 (got {_show(b)})"
     if prev is not None and b <= prev:
         return f"batch {b} does not follow batch {prev}"
     t = rec.get("t_ms")
-    if not (_is_int(t) or isinstance(t, float)) or t < 0:
-        return f"t_ms must be a number >= 0 (got {t!r})"
+    if not (_is_int(t) or isinstance(t, float)) or not 0 <= t <= MAX_T_MS:
+        return f"t_ms must be a number from 0 to {MAX_T_MS:g} (got {_show(t)})"
     for name in COUNTER_NAMES:
         if name not in rec:
             return f"missing counter {name!r}"
         if not _is_int(rec[name]):
-            return f"counter {name!r} must be an integer (got {rec[name]!r})"
+            return f"counter {name!r} must be an integer (got {_show(rec[name])})"
     return None
 
 
 def _check_final(rec: dict[str, Any]) -> str | None:
     if rec["final"] is not True:
         return f"final must be true (got {rec['final']!r})"
-    if not isinstance(rec.get("kernel"), str):
-        return "kernel must be a string"
+    if not isinstance(rec.get("kernel"), str) or len(rec["kernel"]) > MAX_NAME:
+        return f"kernel must be a string of at most {MAX_NAME} characters"
     procs = rec.get("processes")
     if not isinstance(procs, dict):
         return "processes must be an object"
     for name, stats in procs.items():
+        if len(name) > MAX_NAME:
+            return f"a process name is longer than {MAX_NAME} characters"
         if not isinstance(stats, dict):
             return f"process {name!r} must be an object"
         for key in PROCESS_KEYS:
@@ -103,7 +125,7 @@ def _check_final(rec: dict[str, Any]) -> str | None:
             want_bool = key in _PROCESS_BOOL_KEYS
             if (isinstance(stats[key], bool) if want_bool else _is_int(stats[key])) is False:
                 kind = "a boolean" if want_bool else "an integer"
-                return f"process {name!r}: {key} must be {kind} (got {stats[key]!r})"
+                return f"process {name!r}: {key} must be {kind} (got {_show(stats[key])})"
     return None
 
 
@@ -112,13 +134,7 @@ def read_trace(path_or_file: str | os.PathLike[str] | IO[str]) -> tuple[list[dic
     skipped; a malformed line raises ScenarioError with key ``line N`` (1-based)."""
     if isinstance(path_or_file, (str, os.PathLike)):
         filename = os.fspath(path_or_file)
-        try:
-            with open(filename, encoding="utf-8") as f:
-                lines = f.read().splitlines()
-        except FileNotFoundError:
-            raise ScenarioError(filename, "(file)", "file not found") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ScenarioError(filename, "(file)", f"cannot read: {e}") from None
+        lines = read_text_file(filename, max_bytes=MAX_TRACE_BYTES).splitlines()
     else:
         filename = str(getattr(path_or_file, "name", "<trace>"))
         lines = path_or_file.read().splitlines()
@@ -130,10 +146,7 @@ def read_trace(path_or_file: str | os.PathLike[str] | IO[str]) -> tuple[list[dic
         if not line.strip():
             continue
         key = f"line {n}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ScenarioError(filename, key, f"invalid JSON: {e.msg} (column {e.colno})") from None
+        rec = parse_json(line, filename, key=key, max_depth=4)
         if not isinstance(rec, dict):
             raise ScenarioError(filename, key, "not a JSON object")
         if final is not None:
