@@ -28,6 +28,7 @@ from samepage.scenario import Scenario, ScenarioError, load_scenario
 from samepage.scenario.model_runner import ScenarioRunError
 
 from . import report
+from .text import markup_safe, printable  # noqa: F401  (re-exported for the commands)
 
 EXIT_ERROR = 2
 #: Show a progress bar (stderr being a terminal) for runs of more than this many batches ...
@@ -42,23 +43,6 @@ class CliError(Exception):
 
 #: Longest error message printed (a file can put a huge string into one).
 MAX_MESSAGE = 2000
-
-# C0 controls (newline and tab included), DEL, C1 controls, and the bidirectional overrides
-# and isolates that reorder what a terminal shows.
-_UNPRINTABLE = {c: (f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}")
-                for c in (*range(0x20), *range(0x7f, 0xa0), *range(0x202a, 0x202f),
-                          *range(0x2066, 0x206a), 0x200e, 0x200f, 0x061c)}
-
-
-def printable(s: object) -> str:
-    """``s`` with every control character written as an escape (``\\x1b``, ``\\x0a``)."""
-    return str(s).translate(_UNPRINTABLE)
-
-
-def markup_safe(s: object) -> str:
-    """``s`` safe to put into rich markup: printable, and ``[...]`` escaped."""
-    return escape(printable(s))
-
 
 def print_lines(text: object, file: Any = None) -> None:
     """Print a multi-line text (plain, no rich), each line made printable."""
@@ -91,6 +75,15 @@ def reported_errors() -> Iterator[None]:
         error_exit(f"{where}{e.strerror or e}")
 
 
+class SamepageConsole(Console):
+    """A rich Console whose closed pipe ends the command quietly with exit status 0 (rich's
+    own default is exit status 1): the BrokenPipeError reaches SamepageGroup.main."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def stdout_console() -> Console:
     """Rich output on stdout. When stdout is not a terminal (a pipe, a file), tables are laid
     out for COLUMNS (default 120) columns rather than rich's 80."""
@@ -100,11 +93,11 @@ def stdout_console() -> Console:
             width = int(os.environ.get("COLUMNS", "")) or 120
         except ValueError:
             width = 120
-    return Console(highlight=False, width=width, soft_wrap=False)
+    return SamepageConsole(highlight=False, width=width, soft_wrap=False)
 
 
 def stderr_console() -> Console:
-    return Console(stderr=True, highlight=False)
+    return SamepageConsole(stderr=True, highlight=False)
 
 
 class LazyProgress:
@@ -220,12 +213,12 @@ def print_run_report(con: Console, *, title: str, records: Sequence[dict[str, An
         con.print(f"[dim]{report.LEGEND}[/]", soft_wrap=True)
         con.print()
     say = functools.partial(con.print, soft_wrap=True)
-    say(f"[bold]{escape(title)}[/]: {len(records)} batches on {escape(where)}, "
+    say(f"[bold]{escape(title)}[/]: {len(records)} batches on {markup_safe(where)}, "
         f"{wall_s:.2f} s of wall time")
     for line in report.summary_lines(report.summarize(records, cpu_ms), time_label=time_label):
         say("  " + line)
     if plot is not None:
-        say(f"  [bold]plot[/]            {escape(str(plot))}")
+        say(f"  [bold]plot[/]            {markup_safe(plot)}")
     if not quiet:
         con.print()
         con.print(report.process_table(final))

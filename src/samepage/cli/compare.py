@@ -35,6 +35,8 @@ from .common import (
     check_plot,
     error_exit,
     load,
+    markup_safe,
+    printable,
     reported_errors,
     scenario_title,
     stdout_console,
@@ -91,7 +93,7 @@ def print_comparison(con: Console, cmp: TraceComparison, title: str,
             break
     sep = " " * gap
     line_width = sum(widths) + gap * (len(widths) - 1)
-    con.print(title.center(line_width).rstrip(), style="italic", markup=False,
+    con.print(printable(title).center(line_width).rstrip(), style="italic", markup=False,
               highlight=False, soft_wrap=True)
     con.print(sep.join(h.rjust(w) for h, w in zip(headers, widths)), style="bold",
               markup=False, highlight=False, soft_wrap=True)
@@ -122,8 +124,8 @@ def print_final_comparison(con: Console, cmp: TraceComparison, compact: bool = F
     pb = (cmp.b_final or {}).get("processes") or {}
     ka = (cmp.a_final or {}).get("kernel", "?")
     kb = (cmp.b_final or {}).get("kernel", "?")
-    t = Table(title=f"per process (/proc/PID/ksm_stat): {cmp.a_label} (Linux {ka}) / "
-                    f"{cmp.b_label} (Linux {kb})",
+    t = Table(title=f"per process (/proc/PID/ksm_stat): {markup_safe(cmp.a_label)} (Linux "
+                    f"{markup_safe(ka)}) / {markup_safe(cmp.b_label)} (Linux {markup_safe(kb)})",
               box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, title_justify="left")
     t.add_column("process", style="cyan")
     for key in PROCESS_KEYS:
@@ -138,7 +140,7 @@ def print_final_comparison(con: Console, cmp: TraceComparison, compact: bool = F
             text = (show(va) if compact and not differs else
                     f"{show(va)}/{show(vb)}" + (MARK if differs else ""))
             cells.append(Text(text, style=DIFF_STYLE if differs else ""))
-        t.add_row(Text(name), *cells)
+        t.add_row(Text(printable(name)), *cells)
     con.print(t)
 
 
@@ -198,7 +200,7 @@ def compare(
             kr = run_on_kernel(sc, wait=wait, force=force, retries=retries,
                                drain_lru=drain_lru, check_lru=not no_lru_check, info=info)
         k_records, k_final = kr.records, kr.final
-        source = f"the live kernel (Linux {kr.release})"
+        source = f"the live kernel (Linux {printable(kr.release)})"
     cmp = compare_traces(model.records, model.final, k_records, k_final)
     if plot is not None:
         with reported_errors():
@@ -230,7 +232,7 @@ def compare(
         print_final_comparison(con, cmp, compact)
         con.print()
     colour = "green" if cmp.identical else "red"
-    con.print(f"[bold {colour}]{escape(cmp.summary())}[/]", soft_wrap=True)
+    con.print(f"[bold {colour}]{markup_safe(cmp.summary())}[/]", soft_wrap=True)
     if plot is not None:
-        con.print(f"plot written to {escape(os.fspath(plot))}", soft_wrap=True)
+        con.print(f"plot written to {markup_safe(os.fspath(plot))}", soft_wrap=True)
     raise typer.Exit(0 if cmp.identical else 1)

@@ -38,6 +38,7 @@ from .common import (
     load,
     one_line,
     print_run_report,
+    printable,
     scenario_title,
     stdout_console,
     with_batches,
@@ -229,15 +230,15 @@ def _kernel_run_command(scenario: str, batches: int | None, json_out: bool, plot
             except OSError as e:
                 raise CliError(f"{output}: cannot write the trace: {e.strerror or e}") from None
         if plot is not None:
-            write_plot(plot, kr.records, f"{title} (Linux {kr.release})")
+            write_plot(plot, kr.records, f"{title} (Linux {printable(kr.release)})")
     if json_out:
         return
     con = stdout_console()
     print_run_report(con, title=title, records=kr.records, final=kr.final,
-                     where=f"the live kernel (Linux {kr.release})", wall_s=kr.wall_s,
+                     where=f"the live kernel (Linux {printable(kr.release)})", wall_s=kr.wall_s,
                      cpu_ms=kr.cpu_ms, time_label="measured time", plot=plot, quiet=quiet)
     if output is not None:
-        con.print(f"trace written to {output}", soft_wrap=True, markup=False)
+        con.print(f"trace written to {printable(output)}", soft_wrap=True, markup=False)
 
 
 @kernel_app.command("run")

@@ -13,6 +13,8 @@ from rich.text import Text
 
 from samepage.scenario import COUNTER_NAMES, PROCESS_KEYS
 
+from .text import markup_safe, printable
+
 PAGE_SIZE = 4096
 MIB = 1024 * 1024
 
@@ -94,7 +96,8 @@ def process_table(final: dict[str, Any] | None) -> Table:
     """The final record's per-process ksm_stat fields; the title names the kernel release
     (the live kernel's, or the one the model follows)."""
     kernel = (final or {}).get("kernel")
-    title = "per process (/proc/PID/ksm_stat)" + (f", Linux {kernel}" if kernel else "")
+    title = "per process (/proc/PID/ksm_stat)" + (f", Linux {markup_safe(kernel)}"
+                                                   if kernel else "")
     t = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1),
               pad_edge=False, title_justify="left")
     t.add_column("process", style="cyan")
@@ -105,7 +108,7 @@ def process_table(final: dict[str, Any] | None) -> Table:
         for key in PROCESS_KEYS:
             v = stats[key]
             cells.append(("yes" if v else "no") if isinstance(v, bool) else str(v))
-        t.add_row(Text(name), *cells)
+        t.add_row(Text(printable(name)), *cells)
     return t
 
 

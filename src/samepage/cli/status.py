@@ -16,13 +16,12 @@ from typing import Annotated, Any
 import typer
 from rich import box
 from rich.console import Group, RenderableType
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from samepage.kernel import status as st
 
-from .common import error_exit, stdout_console
+from .common import error_exit, markup_safe, printable, stdout_console
 from .kernel import kernel_app
 
 IntervalOpt = Annotated[float, typer.Option(
@@ -174,7 +173,7 @@ def process_table(a: st.Analysis, limit: int | None = None) -> Table:
     yn = lambda v: "yes" if v else "no"  # noqa: E731
     for p in shown:
         s = p.stat
-        t.add_row(str(p.pid), Text(p.comm), str(s.get("ksm_rmap_items", "")),
+        t.add_row(str(p.pid), Text(printable(p.comm)), str(s.get("ksm_rmap_items", "")),
                   str(s.get("ksm_merging_pages", "")), str(s.get("ksm_zero_pages", "")),
                   human(p.profit), yn(s.get("ksm_merge_any")), yn(s.get("ksm_mergeable")),
                   "?" if p.anon_huge_kb is None else human(p.anon_huge_kb * 1024))
@@ -186,12 +185,12 @@ def process_table(a: st.Analysis, limit: int | None = None) -> Table:
 def header(a: st.Analysis) -> str:
     s = a.snap
     ksmd = f", ksmd pid {s.ksmd_pid}" if s.ksmd_pid is not None else ""
-    return (f"[bold]KSM on {escape(socket.gethostname())}[/]: Linux {escape(s.release)}, "
+    return (f"[bold]KSM on {markup_safe(socket.gethostname())}[/]: Linux {markup_safe(s.release)}, "
             f"page size {st.PAGE_SIZE // 1024} KiB{ksmd}")
 
 
 def unreadable_lines(a: st.Analysis) -> list[str]:
-    return [f"[yellow]could not read[/] {escape(u)}" for u in a.snap.unreadable]
+    return [f"[yellow]could not read[/] {markup_safe(u)}" for u in a.snap.unreadable]
 
 
 def render(a: st.Analysis, *, full: bool = True, limit: int | None = None) -> RenderableType:

@@ -8,6 +8,8 @@ from rich.table import Table
 
 from samepage.scenario.same_folio_compare import compare_same_folio
 
+from .text import markup_safe
+
 
 DESCRIPTIONS = {
     "v6.18": "Linux 6.18: merge attempt first, then split the folio; the pair merges a scan later",
@@ -19,7 +21,7 @@ DESCRIPTIONS = {
 def print_same_folio_comparison(con: Console, scenario, title: str,
                                 batches: int | None = None) -> None:
     results = compare_same_folio(scenario, batches=batches)
-    t = Table(title=f"{escape(title)}: same-folio strategies", title_justify="left")
+    t = Table(title=f"{markup_safe(title)}: same-folio strategies", title_justify="left")
     t.add_column("", style="bold")
     for r in results:
         t.add_column(r.strategy, justify="right")
@@ -37,10 +39,10 @@ def print_same_folio_comparison(con: Console, scenario, title: str,
     con.print(t)
     for r in results:
         if r.error:
-            con.print(f"[red]{r.strategy}[/]: {escape(r.error)}", soft_wrap=True)
+            con.print(f"[red]{markup_safe(r.strategy)}[/]: {markup_safe(r.error)}", soft_wrap=True)
     con.print("[bold]why merge attempts failed[/] (check, function: count)")
     for r in results:
-        reasons = ", ".join(f"{escape(k)}: {v}" for k, v in
+        reasons = ", ".join(f"{markup_safe(k)}: {v}" for k, v in
                             sorted(r.merge_failures.items(), key=lambda kv: -kv[1])) or "none"
         con.print(f"  {r.strategy:12s} {reasons}", soft_wrap=True)
     for name, text in DESCRIPTIONS.items():
