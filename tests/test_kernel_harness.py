@@ -23,7 +23,7 @@ from samepage.kernel import sysfs
 from samepage.kernel.lock import KsmLockTimeout, ksm_lock
 from samepage.kernel.runner import check_scenario, run_scenario_on_kernel
 from samepage.kernel.worker import HUGE_SIZE, WINDOW_LO, pid_alive, region_layout
-from samepage.scenario import load_scenario_text
+from samepage.scenario import ScenarioError, load_scenario_text
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -113,8 +113,14 @@ op = "set"
 tunable = "run"
 value = 0
 """
+    # the shared static check (scenario.checks) refuses it when it is loaded
+    with pytest.raises(ScenarioError, match="run = 0"):
+        load_scenario_text(_tiny(extra=ev))
+    # ... and the harness refuses it too if the scenario changed after loading
+    sc = load_scenario_text(_tiny(extra=ev.replace("after_batch = 2", "after_batch = 6")))
+    sc.run.batches = 7
     with pytest.raises(ValueError, match="run = 0"):
-        check_scenario(load_scenario_text(_tiny(extra=ev)))
+        check_scenario(sc)
     ev_back = ev + ev.replace("value = 0", "value = 1")
     check_scenario(load_scenario_text(_tiny(extra=ev_back)))
 

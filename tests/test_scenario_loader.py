@@ -151,21 +151,27 @@ def test_missing_file(tmp_path) -> None:
     assert info.value.file == str(tmp_path / "nope.toml")
 
 
+MINIMAL = '[[process]]\nname = "p"\n[[process.region]]\nname = "r"\npages = 1\nfill = { kind = "zero" }\n'
+
+
 def test_minimal_and_defaults() -> None:
-    s = load_scenario_text("[run]\nbatches = 1\n")
-    assert s.ksm == {} and s.processes == [] and s.events == [] and s.machine.thp is None
+    s = load_scenario_text(MINIMAL + "[run]\nbatches = 1\n")
+    assert s.ksm == {} and s.events == [] and s.machine.thp is None
+    assert s.processes[0].regions[0].mergeable is True and s.processes[0].merge_any is False
+    # without a process ksmd has nothing to scan: refused (checks.check_runnable)
+    assert load_err("[run]\nbatches = 1\n").key == "process"
 
 
 def test_process_without_regions() -> None:
-    s = load_scenario_text('[[process]]\nname = "idle"\n' + RUN)
-    assert s.processes[0].regions == []
+    s = load_scenario_text(PROC + '[[process]]\nname = "idle"\n' + RUN)
+    assert s.processes[1].regions == []
 
 
 def test_machine_and_model_options() -> None:
     s = load_scenario_text(
         '[machine]\nnuma_nodes = 2\nthp = "always"\nmthp_kb = [16, 64, 2048]\n'
         '[model]\nsame_folio = "split-retry"\nsplit_zero_remap = false\n'
-        '[[process]]\nname = "a"\nnuma_node = 1\n' + RUN)
+        '[[process]]\nname = "a"\nnuma_node = 1\n' + PROC + RUN)
     assert s.machine.mthp_kb == [16, 64, 2048]
     assert s.model.same_folio == "split-retry" and s.model.split_zero_remap is False
     assert s.processes[0].numa_node == 1
@@ -173,14 +179,14 @@ def test_machine_and_model_options() -> None:
 
 def test_every_tunable_accepted_in_ksm_table() -> None:
     lines = [f"{k} = {json.dumps(v)}" for k, v in TUNABLE_DEFAULTS.items() if k != "run"]
-    s = load_scenario_text("[ksm]\n" + "\n".join(lines) + RUN)
+    s = load_scenario_text("[ksm]\n" + "\n".join(lines) + "\n" + PROC + RUN)
     assert set(s.ksm) == set(TUNABLES) - {"run"}
     assert list(TUNABLES)[0] == "run" and set(TUNABLES) == set(TUNABLE_DEFAULTS)
 
 
 def test_ksm_booleans_become_integers() -> None:
     s = load_scenario_text("[ksm]\nuse_zero_pages = true\nsmart_scan = false\nmerge_across_nodes = 1\n"
-                           'advisor_mode = "scan-time"' + RUN)
+                           'advisor_mode = "scan-time"\n' + PROC + RUN)
     assert s.ksm == {"use_zero_pages": 1, "smart_scan": 0, "merge_across_nodes": 1,
                      "advisor_mode": "scan-time"}
     assert type(s.ksm["use_zero_pages"]) is int
@@ -462,16 +468,17 @@ def test_set_events() -> None:
         PROC
         + event(after_batch=1, process="vm1", op="set", tunable="run", value=2)
         + event(after_batch=2, process="vm1", op="set", tunable="use_zero_pages", value=True)
+        + event(after_batch=1, op="set", tunable="run", value=1)   # no process: allowed
         + event(after_batch=3, process="vm1", op="set", tunable="advisor_mode", value="scan-time")
         + event(after_batch=4, process="vm1", op="set", tunable="advisor_mode", value="none")
         + event(after_batch=5, process="vm1", op="set", tunable="pages_to_scan", value=1000)
         + event(after_batch=6, process="vm1", op="merge_any", value=False)
         + RUN)
-    assert [(e.tunable, e.value) for e in s.events[:5]] == [
+    assert [(e.tunable, e.value) for e in s.events[:2] + s.events[3:6]] == [
         ("run", 2), ("use_zero_pages", 1), ("advisor_mode", "scan-time"), ("advisor_mode", "none"),
         ("pages_to_scan", 1000)]
     assert type(s.events[1].value) is int
-    assert s.events[5].value is False
+    assert s.events[2].process is None and s.events[6].value is False
 
 
 def test_page_indices() -> None:

@@ -1,58 +1,100 @@
-"""Load a scenario TOML file into a Scenario; every failure becomes one ScenarioError."""
+"""Load a scenario TOML file into a Scenario; every failure becomes one ScenarioError.
+
+Order of the checks (each cheap before the next): the file's size (limits.MAX_FILE_BYTES),
+UTF-8, a pre-scan of the text (limits.prescan_toml), TOML, the schema (schema.py), whether
+ksmd can run every batch (checks.check_runnable) and whether the model fits this machine
+(limits.check_resources). ``-`` reads standard input, named ``<stdin>`` in errors.
+"""
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import sys
 import tomllib
-from typing import Any
+from typing import Any, get_args
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from .checks import check_runnable
 from .errors import ScenarioError
+from .limits import MAX_FILE_BYTES, check_resources, prescan_toml
 from .schema import FILL_KINDS, Scenario
 from .tunables import _show
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+STDIN_NAME = "<stdin>"
 
 
 def load_scenario(path: str | os.PathLike[str]) -> Scenario:
-    """Read and validate the scenario file at ``path``; ``Scenario.path`` is set to it."""
+    """Read and validate the scenario file at ``path`` (``-``: standard input);
+    ``Scenario.path`` is set to it (None for standard input)."""
     filename = os.fspath(path)
-    try:
-        with open(filename, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise ScenarioError(filename, "(file)", "file not found") from None
-    except OSError as e:
-        raise ScenarioError(filename, "(file)", f"cannot read: {e.strerror or e}") from None
+    if filename == "-":
+        filename = STDIN_NAME
+        try:
+            stream = getattr(sys.stdin, "buffer", None)
+            raw = stream.read(MAX_FILE_BYTES + 1) if stream is not None else \
+                sys.stdin.read(MAX_FILE_BYTES + 1)
+        except (OSError, ValueError, AttributeError) as e:
+            raise ScenarioError(filename, "(file)", f"cannot read: {e}") from None
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", "surrogateescape")
+    else:
+        try:
+            with open(filename, "rb") as f:
+                raw = f.read(MAX_FILE_BYTES + 1)
+        except FileNotFoundError:
+            raise ScenarioError(filename, "(file)", "file not found") from None
+        except OSError as e:
+            raise ScenarioError(filename, "(file)", f"cannot read: {e.strerror or e}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ScenarioError(filename, "(file)", f"larger than {MAX_FILE_BYTES // 2**20} MiB, "
+                            "the limit of a scenario file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ScenarioError(filename, "(toml)", f"not valid UTF-8 (byte {e.start})") from None
-    return _load(text, filename, path=filename)
+    return _load(text, filename, path=None if filename == STDIN_NAME else filename)
 
 
 def load_scenario_text(text: str, filename: str = "<string>") -> Scenario:
     """Validate scenario TOML given as a string; ``filename`` only names it in errors."""
+    if len(text) > MAX_FILE_BYTES:
+        raise ScenarioError(filename, "(file)", f"larger than {MAX_FILE_BYTES // 2**20} MiB, "
+                            "the limit of a scenario file")
     return _load(text, filename, path=None)
 
 
 def _load(text: str, filename: str, path: str | None) -> Scenario:
+    prescan_toml(text, filename)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(filename, "(toml)", str(e)) from None
+    except RecursionError:
+        raise ScenarioError(filename, "(toml)", "nested too deeply") from None
+    except MemoryError:
+        raise ScenarioError(filename, "(toml)", "out of memory while parsing") from None
+    except ValueError as e:  # e.g. CPython's limit on the digits of an int
+        raise ScenarioError(filename, "(toml)", str(e).split(";")[0]) from None
     if "path" in data:  # a Scenario field, but set by the loader, not by the file
         raise ScenarioError(filename, "path", "unknown key")
     data["path"] = path
     try:
-        return Scenario.model_validate(data)
+        sc = Scenario.model_validate(data)
     except ValidationError as e:
-        raise validation_to_scenario_error(e, filename) from None
+        raise validation_to_scenario_error(e, filename, data) from None
+    except (RecursionError, MemoryError) as e:
+        raise ScenarioError(filename, "(top)", f"too large to check ({type(e).__name__})") from None
+    check_runnable(sc, filename=filename)
+    check_resources(sc, filename)
+    return sc
 
 
-def validation_to_scenario_error(e: ValidationError, filename: str) -> ScenarioError:
+def validation_to_scenario_error(e: ValidationError, filename: str,
+                                 data: Any = None) -> ScenarioError:
     """The first error of a pydantic ValidationError, as a ScenarioError."""
     err = e.errors(include_url=False)[0]
     loc = _strip_union_tags(err)
@@ -61,7 +103,46 @@ def validation_to_scenario_error(e: ValidationError, filename: str) -> ScenarioE
         loc = loc + tuple(ctx.get("sub", ()))
     elif err["type"] == "union_tag_not_found":
         loc = loc + ("kind",)
-    return ScenarioError(filename, key_path(loc), _message(err, loc))
+    msg = _message(err, loc)
+    if err["type"] == "extra_forbidden" and loc:
+        known = known_keys(tuple(err["loc"])[:-1])
+        near = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        if near:
+            msg += f' (did you mean "{near[0]}"?)'
+    return ScenarioError(filename, key_path(loc), msg)
+
+
+def known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys a scenario file may have in the table at ``loc`` (a pydantic location, with
+    list indices and the fill kind's tag), by the schema's fields (their TOML spelling)."""
+    models: list[type[BaseModel]] = [Scenario]
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if len(models) > 1:  # a tagged union (fill): the part is the tag
+            models = [m for m in models if "kind" in m.model_fields
+                      and m.model_fields["kind"].default == part]
+            continue
+        if not models:
+            return []
+        fields = models[0].model_fields
+        name = next((n for n, f in fields.items() if (f.alias or n) == part), None)
+        if name is None:
+            return []
+        models = _models_in(fields[name].annotation)
+    if len(models) != 1:
+        return []
+    return [f.alias or n for n, f in models[0].model_fields.items()
+            if not (models[0] is Scenario and n == "path")]
+
+
+def _models_in(tp: Any) -> list[type[BaseModel]]:
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [tp]
+    out: list[type[BaseModel]] = []
+    for a in get_args(tp):
+        out += _models_in(a)
+    return out
 
 
 def key_path(loc: tuple[Any, ...] | list[Any]) -> str:

@@ -1,4 +1,4 @@
-"""Pydantic models of a scenario file (see /work/shared/spec/scenario-format.md).
+"""Pydantic models of a scenario file (the contract: docs/scenario-format.md).
 
 Validation errors are raised as pydantic ValidationErrors; loader.py turns them into
 ScenarioError. Checks that need a precise key path raise ``PydanticCustomError("scenario")``
@@ -20,6 +20,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from .limits import USER_ADDRESS_SPACE_PAGES, show_count
 from .tunables import U64_MAX, TunableError, _show, check_tunable
 
 FILL_KINDS = ("zero", "pattern", "unique", "tokens")
@@ -33,7 +34,9 @@ def _fail(msg: str, *sub: str | int) -> None:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+    # One spelling per key: a field with an alias (process, region, event, thread) is read
+    # only by its alias, never by its Python name.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 Name = Annotated[str, Field(min_length=1)]
@@ -103,15 +106,22 @@ FillCfg = Annotated[Union[ZeroFill, PatternFill, UniqueFill, TokensFill], Field(
 # --------------------------------------------------------------------------- machine, model
 
 
+#: Anonymous large-folio sizes of Linux 6.18 on x86-64 (KiB): the hugepages-<size>kB
+#: directories of /sys/kernel/mm/transparent_hugepage, order 2 (16 KiB) to the PMD order
+#: (2048 KiB). Order 1 is never used for anonymous memory (THP_ORDERS_ALL_ANON).
+MTHP_SIZES_KB = (16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
 def _check_mthp(kb: int) -> int:
-    if not 8 <= kb <= 2048 or kb & (kb - 1):
-        raise ValueError(f"must be a power of two between 8 and 2048 (got {kb})")
+    if kb not in MTHP_SIZES_KB:
+        why = " (Linux makes no 8 KiB anonymous folio)" if kb == 8 else ""
+        raise ValueError(f"must be a power of two between 16 and 2048 (got {kb}){why}")
     return kb
 
 
 class MachineCfg(_Model):
     """``[machine]``: numa_nodes (model only), thp (None = leave the machine's setting),
-    mthp_kb (extra large-folio sizes in KiB to enable, each a power of two in 8..2048)."""
+    mthp_kb (anonymous large-folio sizes in KiB to enable, each in MTHP_SIZES_KB)."""
 
     numa_nodes: Annotated[int, Field(ge=1, le=64)] = 1
     thp: Literal["always", "madvise", "never"] | None = None
@@ -142,6 +152,13 @@ class ModelCfg(_Model):
 # --------------------------------------------------------------------------- processes
 
 
+def _check_pages(n: int) -> int:
+    if n > USER_ADDRESS_SPACE_PAGES:
+        raise ValueError(f"{show_count(n)} pages do not fit in the 128 TiB user address space "
+                         "(mmap: ENOMEM)")
+    return n
+
+
 class RegionCfg(_Model):
     """``[[process.region]]``: one mapping of ``pages`` 4 KiB pages.
 
@@ -150,7 +167,7 @@ class RegionCfg(_Model):
     """
 
     name: Name
-    pages: Annotated[int, Field(ge=1)]
+    pages: Annotated[int, Field(ge=1), AfterValidator(_check_pages)]
     thp: Literal["huge", "nohuge", "default"] = "default"
     mergeable: bool = True
     fill: FillCfg
@@ -183,10 +200,15 @@ class ProcessCfg(_Model):
     @model_validator(mode="after")
     def _unique_regions(self) -> ProcessCfg:
         seen: set[str] = set()
+        total = 0
         for j, r in enumerate(self.regions):
             if r.name in seen:
                 _fail(f"duplicate region name {_show(r.name)} in process {_show(self.name)}", "region", j, "name")
             seen.add(r.name)
+            total += r.pages
+            if total > USER_ADDRESS_SPACE_PAGES:
+                _fail(f"the process's regions need {show_count(total)} pages in all, more than "
+                      "the 128 TiB user address space (mmap: ENOMEM)", "region", j, "pages")
         return self
 
 
@@ -232,11 +254,12 @@ class EventCfg(_Model):
     """``[[event]]``: applied after batch ``after_batch`` (1-based) while ksmd sleeps.
 
     Events with the same after_batch apply in file order. ``range`` is [start, stop).
+    ``process`` is required for every op but ``set`` (a sysfs write belongs to no process).
     For ``set``, ``value`` is normalised (booleans become 0/1).
     """
 
     after_batch: Annotated[int, Field(ge=1)]
-    process: Name
+    process: Name | None = None
     op: Literal["write", "zap", "mergeable", "unmergeable", "munmap", "fork", "exit", "merge_any", "set"]
     region: Name | None = None
     pages: Annotated[list[PageIndex], Field(min_length=1)] | None = None
@@ -256,6 +279,8 @@ class EventCfg(_Model):
     @model_validator(mode="after")
     def _check_op(self) -> EventCfg:
         op = self.op
+        if self.process is None and op != "set":
+            _fail(f"required for op '{op}'", "process")
         _check_op_keys(self, _EVENT_KEYS)
         if op == "merge_any" and not isinstance(self.value, bool):
             _fail(f"must be a boolean (got {_show(self.value)})", "value")
@@ -416,7 +441,9 @@ class Scenario(_Model):
         advisor = self.ksm.get("advisor_mode", "none")
         for k, ev in order:
             p = ev.process
-            if p not in alive:
+            if p is None:  # a set event that names no process
+                pass
+            elif p not in alive:
                 if p in exited_by:
                     j = exited_by[p]
                     msg = f"process {_show(p)} has exited (event[{j}], after batch {self.events[j].after_batch})"
@@ -427,7 +454,7 @@ class Scenario(_Model):
                 else:
                     msg = f"unknown process {_show(p)}"
                 _fail(msg, "event", k, "process")
-            mapped = regions[p]
+            mapped = regions.get(p, {})
             if ev.region is not None:
                 r = mapped.get(ev.region)
                 if r is None:
@@ -475,20 +502,23 @@ class Scenario(_Model):
 
     def _check_threads(self, names: set[str]) -> None:
         seen: set[str] = set()
+        processes = set(names)  # a thread runs in a [[process]] or an event-forked child
         for t, th in enumerate(self.threads):
             if th.name in seen:
                 _fail(f"duplicate thread name {_show(th.name)}", "thread", t, "name")
             seen.add(th.name)
-            if th.process not in names:
+            if th.process not in processes:
                 _fail(f"unknown process {_show(th.process)}", "thread", t, "process")
             if th.after_batch > self.run.batches:
                 _fail(f"must be <= run.batches = {self.run.batches} (got {th.after_batch})",
                       "thread", t, "after_batch")
             regions = self._regions.get(th.process, {})
             for k, op in enumerate(th.ops):
-                if op.op == "fork" and op.child in names:
-                    _fail(f"process name {_show(op.child)} is already used",
-                          "thread", t, "ops", k, "child")
+                if op.op == "fork":
+                    if op.child in names:
+                        _fail(f"process name {_show(op.child)} is already used",
+                              "thread", t, "ops", k, "child")
+                    names.add(op.child)  # unique across [[process]], events and threads
                 if op.region is None:
                     continue
                 r = regions.get(op.region)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 U32_MAX = 2**32 - 1
 U64_MAX = 2**64 - 1
 INT_MAX = 2**31 - 1
@@ -90,7 +92,9 @@ def check_tunable(name: object, value: object, *, in_ksm_table: bool) -> int | s
         raise TunableError("name", "must be a string")
     kind = TUNABLES.get(name)
     if kind is None:
-        raise TunableError("name", f"unknown tunable {_show(name)} (not a writable file of /sys/kernel/mm/ksm)")
+        near = difflib.get_close_matches(name, list(TUNABLES), n=1)
+        why = f'did you mean "{near[0]}"?' if near else "not a writable file of /sys/kernel/mm/ksm"
+        raise TunableError("name", f"unknown tunable {_show(name)} ({why})")
     if name == "run" and in_ksm_table:
         raise TunableError("name", "run is not allowed in [ksm]: set-up controls it (use a 'set' event)")
     if kind == "str":
