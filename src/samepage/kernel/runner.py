@@ -27,6 +27,9 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
+from samepage.scenario.checks import check_runnable
+from samepage.scenario.errors import ScenarioError
+
 from . import sysfs
 from .ksmd import Ksmd, Sample, UnreliableTrace, read_progress, wait_for_batch
 from .lock import ksm_lock
@@ -95,7 +98,6 @@ def check_scenario(scenario) -> None:
             f"ksmd sleep between them; use sleep_millisecs = 150 (at least {MIN_SLEEP_MS}) in "
             "[ksm] -- the counters of each batch do not depend on it, only t_ms does -- or "
             "run the scenario as it is on the model (samepage run)")
-    run = 1
     batches = scenario.run.batches
     for b in range(1, batches + 1):
         evs = scenario.events_after(b)
@@ -112,12 +114,10 @@ def check_scenario(scenario) -> None:
                         f"event after batch {b}: writing sleep_millisecs wakes ksmd, which "
                         "starts its next batch at once; it must be the last event after its batch")
                 sleep = int(ev.value)
-            if ev.tunable == "run":
-                run = int(ev.value)
-        if run != 1 and b < batches:
-            raise ValueError(
-                f"after batch {b} run = {run}: ksmd runs no further batch, but the scenario "
-                f"records {batches} batches (set run = 1 again after the same batch)")
+    try:  # ksmd can run every batch: the static check validate and the model share
+        check_runnable(scenario)
+    except ScenarioError as e:
+        raise ValueError(f"{e.key}: {e.msg}") from None
     avail = set(sysfs.mthp_sizes())
     for kb in scenario.machine.mthp_kb:
         if kb not in avail:

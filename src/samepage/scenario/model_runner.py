@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from samepage.machine import Machine, SyscallError
 
+from .checks import check_runnable
 from .schema import EventCfg, Scenario
 from .trace import format_batch_record, format_final_record
 
@@ -44,16 +45,16 @@ def setup_machine(scenario: Scenario, same_folio: str | None = None,
         _sysfs(m, name, value, f"ksm.{name}")
     _sysfs(m, "run", 2, "set-up run=2")
     _sysfs(m, "run", 0, "set-up run=0")
+    mapped = []
     for pc in scenario.processes:
         p = m.spawn(pc.name, merge_any=pc.merge_any, numa_node=pc.numa_node)
         for rc in pc.regions:
             vma = p.mmap(rc.pages, name=rc.name, thp=rc.thp)
             p.fill(vma, rc.tokens())
-    for pc in scenario.processes:
-        p = m.process(pc.name)
-        for rc in pc.regions:
-            if rc.mergeable:
-                p.madvise(rc.name, "mergeable")
+            mapped.append((p, rc, vma))
+    for p, rc, vma in mapped:  # the Vma itself: no lookup by name per region
+        if rc.mergeable:
+            p.madvise(vma, "mergeable")
     _sysfs(m, "run", 1, "set-up run=1")
     return m
 
@@ -67,6 +68,9 @@ def _sysfs(m: Machine, name: str, value, where: str) -> None:
 
 
 def apply_event(m: Machine, ev: EventCfg, index: int | None = None) -> None:
+    if ev.op == "set":  # a sysfs write: no process
+        _sysfs(m, ev.tunable, ev.value, f"event after batch {ev.after_batch} (set)")
+        return
     where = f"event after batch {ev.after_batch} ({ev.op} on {ev.process})"
     p = m.processes.get(ev.process)
     if p is None or not p.alive:
@@ -88,8 +92,6 @@ def apply_event(m: Machine, ev: EventCfg, index: int | None = None) -> None:
             p.exit()
         elif ev.op == "merge_any":
             p.prctl_set_memory_merge(bool(ev.value))
-        elif ev.op == "set":
-            m.sysfs_write(ev.tunable, ev.value)
     except KeyError:
         raise ScenarioRunError(f"{where}: process {ev.process!r} has no region "
                                f"{ev.region!r}") from None
@@ -102,7 +104,9 @@ def iter_model_trace(scenario: Scenario, batches: int | None = None,
                      same_folio: str | None = None, sanitize: bool = False) -> Iterator[dict]:
     """Yield the model's trace of ``scenario`` record by record (``same_folio`` overrides
     the scenario's ``[model] same_folio``; ``sanitize`` runs it with the sanitizer, which
-    raises samepage.sanitizer.SanitizerReport on the first bug)."""
+    raises samepage.sanitizer.SanitizerReport on the first bug). A scenario in which ksmd
+    cannot run some batch is refused first (checks.check_runnable, a ScenarioError)."""
+    check_runnable(scenario, batches)
     m = setup_machine(scenario, same_folio, sanitize)
     if machine_out is not None:
         machine_out.append(m)
