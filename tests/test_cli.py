@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -94,7 +95,8 @@ def test_run_json_is_exactly_the_trace(runner, small):
     batches, final = records[:-1], records[-1]
     assert [b["batch"] for b in batches] == list(range(1, 8))
     for b in batches:
-        assert list(b) == ["batch", "t_ms", *COUNTER_NAMES]
+        # the 11 counters in order, then the extra keys of the CPU model (ignored by compare)
+        assert list(b) == ["batch", "t_ms", *COUNTER_NAMES, "ksmd_cpu_us", "pages_to_scan", "ops"]
     assert final["final"] is True and final["kernel"] == "6.18"
     assert list(final["processes"]) == ["p"]
     assert list(final["processes"]["p"]) == list(PROCESS_KEYS)
@@ -376,3 +378,173 @@ def test_installed_command_json_and_error(small, tmp_path):
     p = subprocess.run([exe, "run", str(bad)], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr == f"samepage: error: {bad}: nonsense: unknown key\n"
+
+
+# ------------------------------------------------------------------------------ conventions
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["run"], "samepage: error: run: missing argument SCENARIO (see samepage run --help)"),
+    (["run", "x.toml", "--batchez", "3"], "samepage: error: run: no such option: --batchez"),
+    (["run", "x.toml", "--batches", "0"], "samepage: error: run: invalid value for"),
+    (["nosuch"], "samepage: error: no such command"),
+    (["kernel", "run"], "samepage: error: kernel run: missing argument SCENARIO "
+                        "(see samepage kernel run --help)"),
+    (["explore", "x.toml", "--budget", "nan"], "samepage: error: explore: invalid value"),
+])
+def test_usage_error_is_one_line_exit_2(runner, args, line):
+    r = runner.invoke(app, args)
+    got = one_error_line(r)
+    assert got.startswith(line), got
+    assert "╭" not in r.stderr and r.stdout == ""
+
+
+def test_internal_error_is_short_unless_debug(runner, small, monkeypatch):
+    import samepage.cli.main as cli_main
+
+    def boom(*a, **k):
+        raise ValueError("the model broke\nbadly")
+    monkeypatch.setattr(cli_main, "iter_model_trace", boom)
+    monkeypatch.delenv("SAMEPAGE_DEBUG", raising=False)
+    r = runner.invoke(app, ["run", str(small), "-q"])
+    assert r.exit_code == 3
+    assert r.stderr == ("samepage: internal error: ValueError: the model broke badly "
+                        "(run with SAMEPAGE_DEBUG=1 for the traceback)\n")
+    monkeypatch.setenv("SAMEPAGE_DEBUG", "1")
+    r = runner.invoke(app, ["run", str(small), "-q"])
+    assert r.exit_code == 3
+    assert "Traceback (most recent call last)" in r.stderr and "in boom" in r.stderr
+    assert r.stderr.splitlines()[-1].startswith("samepage: internal error: ValueError")
+
+
+def test_help_shows_brackets(runner):
+    r = runner.invoke(app, ["explore", "--help"])
+    assert r.exit_code == 0
+    assert "[[thread]]" in r.stdout and "[model]" in r.stdout
+    r = runner.invoke(app, ["--help"])
+    assert "╭" not in r.stdout
+
+
+def test_scenario_from_stdin(runner, small):
+    r = runner.invoke(app, ["run", "-", "--json"], input=SMALL)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == runner.invoke(app, ["run", str(small), "--json"]).stdout
+    r = runner.invoke(app, ["validate", "-"], input="[run]\nbatches = 0\n")
+    assert r.stdout.startswith("<stdin>: run.batches: ")
+    r = runner.invoke(app, ["run", "-"], input="nonsense = 1\n[run]\nbatches = 1\n")
+    assert one_error_line(r) == "samepage: error: <stdin>: nonsense: unknown key"
+
+
+EVIL = """
+name = "evil\\u001b[31m [/] name"
+[[process]]
+name = "p\\u001b]0;pwned\\u0007"
+  [[process.region]]
+  name = "ram"
+  pages = 10
+  fill = { kind = "zero" }
+[run]
+batches = 2
+"""
+
+
+def test_untrusted_names_are_escaped(runner, tmp_path):
+    p = tmp_path / "evil.toml"
+    p.write_text(EVIL)
+    r = runner.invoke(app, ["run", str(p)])
+    assert r.exit_code == 0, r.stderr
+    assert "\x1b" not in r.stdout and "\x07" not in r.stdout
+    assert "evil\\x1b[31m [/] name: 2 batches" in r.stdout      # markup shown, not applied
+    assert "p\\x1b]0;pwned\\x07" in r.stdout
+    # a file name with an escape sequence, in an error and in validate's output
+    odd = tmp_path / "x\x1b[2J.toml"
+    r = runner.invoke(app, ["run", str(odd)])
+    assert "x\\x1b[2J.toml: (file): file not found" in one_error_line(r)
+    r = runner.invoke(app, ["validate", str(p), str(odd)])
+    assert "\x1b" not in r.stdout + r.stderr
+
+
+def trace_lines(**final_overrides) -> list[str]:
+    base = ROOT / "tests" / "conformance" / "scenarios" / "identical"
+    lines = base.with_suffix(".jsonl").read_text().splitlines()
+    if final_overrides:
+        final = json.loads(lines[-1]) | final_overrides
+        lines[-1] = json.dumps(final)
+    return lines
+
+
+def test_compare_shows_a_hostile_kernel_release(runner, tmp_path):
+    toml = ROOT / "tests" / "conformance" / "scenarios" / "identical.toml"
+    t = tmp_path / "t.jsonl"
+    final = json.loads(trace_lines()[-1])
+    procs = {"a\x1b[2Jb": next(iter(final["processes"].values()))}
+    t.write_text("\n".join(trace_lines(kernel="[/]\x1b[31m", processes=procs)) + "\n")
+    r = runner.invoke(app, ["compare", str(toml), "--against", str(t)])
+    assert r.exit_code == 1, r.stderr       # the process names differ
+    assert "Linux [/]\\x1b[31m" in r.stdout and "\x1b" not in r.stdout
+    assert "a\\x1b[2Jb" in r.stdout
+
+
+@pytest.mark.parametrize(("edit", "where"), [
+    (lambda ls: [ls[0].replace('"pages_shared": 0', '"pages_shared": 1e400'), *ls[1:]],
+     "line 1: pages_shared: number out of range"),
+    (lambda ls: [ls[0].replace('"pages_shared": 0', f'"pages_shared": {10 ** 400}'), *ls[1:]],
+     "line 1: pages_shared: integer out of range"),
+    (lambda ls: [re.sub(r'"t_ms": [0-9.]+', f'"t_ms": {10 ** 400}', ls[0]), *ls[1:]],
+     "line 1: t_ms: integer out of range"),
+    (lambda ls: [re.sub(r'"t_ms": [0-9.]+', '"t_ms": 1e300', ls[0]), *ls[1:]],
+     "line 1: t_ms must be a number from 0 to"),
+    (lambda ls: [re.sub(r'"t_ms": [0-9.]+', '"t_ms": NaN', ls[0]), *ls[1:]],
+     "line 1: t_ms: NaN is not a number"),
+    (lambda ls: ["[" * 100_000 + "]" * 100_000, *ls],
+     "line 1: nested too deeply"),
+    (lambda ls: ['"a string"', *ls], "line 1: not a JSON object"),
+    (lambda ls: [*ls[:-1], ls[-1].replace('"processes": {', '"processes": [').replace("}}}", "}}]}")],
+     "line {last}: invalid JSON"),
+    (lambda ls: [*ls[:-1], json.dumps({"final": True, "kernel": "6.18", "processes": []})],
+     "line {last}: processes must be an object"),
+    (lambda ls: [*ls[:-1], json.dumps({"final": True, "kernel": ["6.18"], "processes": {}})],
+     "line {last}: kernel must be a string"),
+    (lambda ls: [ls[0].replace('"batch": 1', '"batch": 1, "batch": 1'), *ls[1:]],
+     "line 1: batch: duplicate key"),
+])
+def test_compare_malformed_trace_is_one_line(runner, tmp_path, edit, where):
+    toml = ROOT / "tests" / "conformance" / "scenarios" / "identical.toml"
+    lines = trace_lines()
+    where = where.format(last=len(lines))
+    t = tmp_path / "t.jsonl"
+    new = edit(lines)
+    assert new != lines
+    t.write_text("\n".join(new) + "\n")
+    for extra in ([], ["--plot", str(tmp_path / "p.png")], ["--json"]):
+        line = one_error_line(runner.invoke(app, ["compare", str(toml), "--against", str(t),
+                                                  *extra]))
+        assert line.startswith(f"samepage: error: {t}: {where}"), line
+    assert not (tmp_path / "p.png").exists()
+
+
+def _read_one_line_then_close(args: list[str]) -> subprocess.CompletedProcess:
+    """Run the installed command with stdout into a pipe whose reader takes one line and
+    closes it (as `| head -1`)."""
+    p = subprocess.Popen([_samepage_exe(), *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, cwd=ROOT)
+    first = p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read()
+    rc = p.wait(timeout=120)
+    return subprocess.CompletedProcess(args, rc, first, err)
+
+
+@pytest.mark.skipif(_samepage_exe() is None, reason="the samepage command is not installed")
+@pytest.mark.parametrize("args", [
+    ["validate", *["tests/conformance/scenarios/identical.toml"] * 3000],
+    ["compare", "tests/conformance/scenarios/identical.toml", "--against",
+     "tests/conformance/scenarios/identical.jsonl", "--json"],
+    ["run", "tests/conformance/scenarios/identical.toml", "--batches", "3000", "--json"],
+    ["run", "tests/conformance/scenarios/identical.toml", "--batches", "3000"],
+])
+def test_closed_pipe_is_not_an_error(args):
+    p = _read_one_line_then_close(args)
+    assert p.stdout, p.stderr
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == b""

@@ -82,6 +82,7 @@ class BatchResult:
     t_ms: float
     pages: int          # pages processed (pages_scanned delta)
     cpu_ms: float
+    ops: list[int] | None = None    # the batch's operation counts (samepage.ksm.opcounts)
 
 
 class Process:
@@ -208,14 +209,16 @@ class Machine:
 
     kernel_release = KERNEL_RELEASE_MODELLED
 
-    def __init__(self, numa_nodes: int = 1, costs: CostModel | None = None, *,
+    def __init__(self, numa_nodes: int = 1, costs: CostModel | str | None = None, *,
                  thp: str = "madvise", mthp_kb=(), split_zero_remap: bool = True,
                  same_folio: str = "v6.18", sanitize: bool = False):
         """``thp``: transparent_hugepage/enabled; ``mthp_kb``: extra large-folio sizes set to
         ``inherit``; ``split_zero_remap``: remap zero-filled subpages on a split (6.18);
         ``same_folio``: the merge strategy for a same-folio pair (``v6.18``, ``early-put``,
         ``split-retry``; see samepage.ksm.same_folio); ``sanitize``: check every folio
-        operation and the whole state after every step (samepage.sanitizer; slower)."""
+        operation and the whole state after every step (samepage.sanitizer; slower);
+        ``costs``: ksmd's CPU cost profile, a CostModel or a profile file (samepage.ksm.costs;
+        default: the shipped profile)."""
         self.mem = Memory(numa_nodes)
         self.mem.thp.enabled = thp
         self.mem.thp.enable_mthp_kb(mthp_kb)
@@ -284,15 +287,17 @@ class Machine:
         before = ksm.ksm_pages_scanned
         start_ns = ksm.clock_ns
         cpu0 = ksm.cpu_ns
+        ops0 = list(ksm.ops)
         ksm._batch_cpu_start = cpu0
         ksm.ksm_do_scan(ksm.ksm_thread_pages_to_scan)
         cpu = ksm.cpu_ns - cpu0
+        ops = [a - b for a, b in zip(ksm.ops, ops0)]
         ksm._batch_cpu_start = ksm.cpu_ns
         ksm.clock_ns += int(cpu)
         self.batches += 1
         # t_ms is the batch's start, as the kernel harness measures it
         res = BatchResult(self.batches, (start_ns - self.t0_ns) / 1e6,
-                          ksm.ksm_pages_scanned - before, cpu / 1e6)
+                          ksm.ksm_pages_scanned - before, cpu / 1e6, ops)
         ksm.clock_ns += ksm.costs.ksmd_sleep_ns(ksm.ksm_thread_sleep_millisecs)
         return res
 

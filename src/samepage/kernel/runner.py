@@ -541,6 +541,9 @@ def _run(scenario, ws: WorkerSet, ksmd: Ksmd, report, drain_lru: bool, info: dic
         quiet = settle(timing.after, timing.progress,
                        f"ksmd ran again while the counters of batch {b} were being read")
         rec = format_batch_record(b, round((timing.start - t0) * 1000, 1), _relative(counters, base))
+        # extra keys, ignored by the comparison: ksmd's CPU time, pages_to_scan (the advisor's)
+        rec["ksmd_cpu_us"] = round((timing.after.runtime_ns - timing.before.runtime_ns) / 1000, 1)
+        rec["pages_to_scan"] = int(sysfs.read_value("pages_to_scan"))
         records.append(rec)
         batch_info.append({
             "batch": b, "start_ms": round((timing.start - t0) * 1000, 3),

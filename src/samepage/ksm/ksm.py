@@ -32,7 +32,12 @@ from samepage.mm.mm import (FAULT_FLAG_UNSHARE, MADV_MERGEABLE, MADV_UNMERGEABLE
                             VM_MERGEABLE, VM_SHARED, VM_SPECIAL, MM, Vma)
 
 from .checksum import ZERO_CHECKSUM, calc_checksum_content
-from .costs import DEFAULT_COSTS, CostModel
+from .costs import CostModel, resolve_costs
+from .opcounts import (OP_BATCH, OP_CHAIN_DUP, OP_CHECKSUM, OP_COW_BREAK, OP_MEMCMP_EQUAL,
+                       OP_MEMCMP_MERGE, OP_MEMCMP_STABLE, OP_MEMCMP_UNSTABLE, OP_MERGE_KSM,
+                       OP_MERGE_ONE, OP_MERGE_PAIR, OP_MERGE_ZERO, OP_RMAP_ALLOC, OP_RMAP_FREE,
+                       OP_SCAN_START, OP_SKIP, OP_SPLIT, OP_STABLE_NODE_FREE,
+                       OP_STABLE_NODE_NEW, OP_UNSTABLE_INSERT, OP_VISIT, new_counts)
 from .rbtree import (RbRoot, rb_erase, rb_insert_color, rb_link_node, rb_replace_node)
 from .structs import (MIGRATE_NODES, PAGE_MASK, RMAP_ITEM_SIZE, SEQNR_MASK, STABLE_FLAG,
                       STABLE_NODE_CHAIN, STABLE_NODE_DUP_HEAD, UNSTABLE_FLAG, KsmScan,
@@ -67,10 +72,10 @@ def _anon_root(av):
 class Ksm(KsmHooks):
     """All of KSM's global state (the statics of mm/ksm.c) and its functions."""
 
-    def __init__(self, mem: Memory, costs: CostModel | None = None):
+    def __init__(self, mem: Memory, costs: CostModel | str | None = None):
         self.mem = mem
         mem.ksm = self
-        self.costs = costs or DEFAULT_COSTS
+        self.costs = resolve_costs(costs)     # a CostModel, a profile file, or the default
         # tunables (sysfs), with the kernel's defaults
         self.ksm_run = KSM_RUN_STOP
         self.ksm_thread_pages_to_scan = 100
@@ -105,7 +110,8 @@ class Ksm(KsmHooks):
         self.ksm_scan = KsmScan()
         # simulated time
         self.clock_ns = 0                        # jiffies source
-        self.cpu_ns = 0.0                        # ksmd's accumulated CPU time
+        self.ops = new_counts()                  # operation counts (samepage.ksm.opcounts)
+        self._cpu_ns_base = 0.0                  # see cpu_ns
         self.advisor_ctx = {"start_scan": 0, "scan_time": 0, "change": 0, "cpu_time": 0}
         # instrumentation
         self.merge_failures: dict[str, int] = {}
@@ -123,6 +129,15 @@ class Ksm(KsmHooks):
     # helpers
     def jiffies_ms(self) -> int:
         return self.clock_ns // 1_000_000
+
+    @property
+    def cpu_ns(self) -> float:
+        """ksmd's accumulated CPU time: the operation counts priced by the cost profile."""
+        return self._cpu_ns_base + self.costs.cpu_ns(self.ops)
+
+    @cpu_ns.setter
+    def cpu_ns(self, value: float) -> None:
+        self._cpu_ns_base = value - self.costs.cpu_ns(self.ops)
 
     def get_kpfn_nid(self, kpfn: int) -> int:
         return 0 if self.ksm_merge_across_nodes else self.mem.pfn_to_nid(kpfn)
@@ -150,7 +165,7 @@ class Ksm(KsmHooks):
         folio.mapping = KSM_NO_NODE if node is None else node
 
     def memcmp_pages(self, a: int, b: int) -> int:
-        self.cpu_ns += self.costs.memcmp_ns
+        self.ops[OP_MEMCMP_MERGE] += 1
         pc = self.mem.page_content
         x = pc[a]
         y = pc[b]
@@ -163,7 +178,7 @@ class Ksm(KsmHooks):
         return self.memcmp_pages(a, b) == 0
 
     def calc_checksum(self, pfn: int) -> int:
-        self.cpu_ns += self.costs.checksum_ns
+        self.ops[OP_CHECKSUM] += 1
         return calc_checksum_content(self.mem.page_content[pfn])
 
     def set_sanitizer_checks(self, on: bool) -> None:
@@ -356,6 +371,7 @@ class Ksm(KsmHooks):
         return 0
 
     def break_cow(self, item: RmapItem) -> None:
+        self.ops[OP_COW_BREAK] += 1
         item.anon_vma = None                       # put_anon_vma
         vma = self.find_mergeable_vma(item.mm, item.address)
         if vma is not None:
@@ -365,6 +381,7 @@ class Ksm(KsmHooks):
     # ------------------------------------------------------------------------------------
     # stable nodes
     def free_stable_node(self, node: StableNode) -> None:
+        self.ops[OP_STABLE_NODE_FREE] += 1
         node.freed = True
 
     def __stable_node_dup_del(self, dup: StableNode) -> None:
@@ -451,7 +468,9 @@ class Ksm(KsmHooks):
         found_len = 0
         tree_folio = None
         maxps = self.ksm_max_page_sharing
+        ops = self.ops
         for dup in list(chain.hlist):
+            ops[OP_CHAIN_DUP] += 1
             folio = self.ksm_get_folio(dup, KSM_GET_FOLIO_NOLOCK)
             if folio is None:
                 continue
@@ -506,7 +525,7 @@ class Ksm(KsmHooks):
         root = self.root_stable_tree[nid]
         pc = mem.page_content
         content = pc[page]
-        memcmp_ns = self.costs.memcmp_ns
+        ops = self.ops
         while True:                          # again:
             cur = root.rb_node
             restart = False
@@ -515,7 +534,7 @@ class Ksm(KsmHooks):
                 if tree_folio is None:
                     restart = True
                     break
-                self.cpu_ns += memcmp_ns
+                ops[OP_MEMCMP_STABLE] += 1
                 other = pc[dup.kpfn]
                 if content.__class__ is int and other.__class__ is int:
                     ret = (content > other) - (content < other)
@@ -528,6 +547,7 @@ class Ksm(KsmHooks):
                 elif ret > 0:
                     cur = node.rb_right
                 else:
+                    ops[OP_MEMCMP_EQUAL] += 1
                     if page_node is not None:
                         raise NotImplementedError("migrated KSM pages are not modelled")
                     if not self.is_page_sharing_candidate(dup):
@@ -564,7 +584,7 @@ class Ksm(KsmHooks):
                 if tree_folio is None:
                     restart = True
                     break
-                self.cpu_ns += self.costs.memcmp_ns
+                self.ops[OP_MEMCMP_STABLE] += 1
                 from samepage.mm.content import memcmp_contents
                 ret = memcmp_contents(content, mem.page_content[dup.kpfn])
                 mem.folio_put(tree_folio)
@@ -576,11 +596,12 @@ class Ksm(KsmHooks):
                     cur = node.rb_right
                     is_left = False
                 else:
+                    self.ops[OP_MEMCMP_EQUAL] += 1
                     need_chain = True
                     break
             if not restart:
                 break
-        self.cpu_ns += self.costs.stable_node_ns
+        self.ops[OP_STABLE_NODE_NEW] += 1
         new = StableNode(kpfn, nid)
         if not need_chain:
             rb_link_node(new, parent, is_left, root)
@@ -636,6 +657,7 @@ class Ksm(KsmHooks):
             item.address = address & PAGE_MASK
 
     def free_rmap_item(self, item: RmapItem) -> None:
+        self.ops[OP_RMAP_FREE] += 1
         self.ksm_rmap_items -= 1
         item.mm.ksm_rmap_items -= 1
         item.mm = None
@@ -649,7 +671,6 @@ class Ksm(KsmHooks):
         for item in tail:
             self.remove_rmap_item_from_tree(item)
             self.free_rmap_item(item)
-        self.cpu_ns += self.costs.rmap_alloc_ns * len(tail)
 
     # ------------------------------------------------------------------------------------
     # the scan
@@ -689,8 +710,8 @@ class Ksm(KsmHooks):
         mem = self.mem
         slot = scan.mm_slot
         if slot is None:
+            self.ops[OP_SCAN_START] += 1
             self.advisor_start_scan()
-            self.cpu_ns += self.costs.scan_start_ns
             mem.lru_add_drain_all()
             if not self.ksm_merge_across_nodes:
                 for node in list(self.migrate_nodes):
@@ -705,7 +726,7 @@ class Ksm(KsmHooks):
             scan.address = 0
             scan.rmap_index = 0
         pf = mem.page_folio
-        costs = self.costs
+        ops = self.ops
         while True:                                   # next_mm:
             mm = slot.mm
             exiting = mm.mm_users == 0
@@ -736,7 +757,7 @@ class Ksm(KsmHooks):
                                 folio.refcount += 1          # folio_get
                                 item = self.get_next_rmap_item(slot, addr)
                                 if self.ksm_smart_scan and self.should_skip_rmap_item(folio, item):
-                                    self.cpu_ns += costs.skip_ns
+                                    ops[OP_SKIP] += 1
                                     mem.folio_put(folio)
                                     i += 1
                                     continue
@@ -784,14 +805,13 @@ class Ksm(KsmHooks):
             for it in stale:
                 self.remove_rmap_item_from_tree(it)
                 self.free_rmap_item(it)
-            self.cpu_ns += self.costs.rmap_alloc_ns * len(stale)
         if idx < len(items) and items[idx].address & PAGE_MASK == addr:
             scan.rmap_index = idx + 1
             return items[idx]
         item = RmapItem(slot.mm, addr)
         slot.mm.ksm_rmap_items += 1
         self.ksm_rmap_items += 1
-        self.cpu_ns += self.costs.rmap_alloc_ns
+        self.ops[OP_RMAP_ALLOC] += 1
         if idx == len(items):
             items.append(item)
         else:
@@ -802,14 +822,15 @@ class Ksm(KsmHooks):
     def ksm_do_scan(self, scan_npages: int) -> int:
         """One batch.  Returns the number of pages processed."""
         done = 0
-        visit_ns = self.costs.visit_ns
+        ops = self.ops
+        ops[OP_BATCH] += 1
         while scan_npages > 0:
             scan_npages -= 1
             got = self.scan_get_next_rmap_item()
             if got is None:
                 break
             item, page = got
-            self.cpu_ns += visit_ns
+            ops[OP_VISIT] += 1
             self.cmp_and_merge_page(page, item)
             self.mem.folio_put(self.mem.page_folio[page])
             self.ksm_pages_scanned += 1
@@ -918,7 +939,7 @@ class Ksm(KsmHooks):
 
     def try_to_merge_one_page(self, vma: Vma, page: int, kpage: int | None) -> int:
         mem = self.mem
-        self.cpu_ns += self.costs.merge_one_ns
+        self.ops[OP_MERGE_ONE] += 1
         folio = mem.page_folio[page]
         if folio is None and mem.sanitizer is not None:
             mem.sanitizer.freed_page_used(page, "try_to_merge_one_page")
@@ -958,6 +979,7 @@ class Ksm(KsmHooks):
 
     def split_huge_page(self, page: int) -> int:
         """Split the large folio of ``page`` (mm/huge_memory.c); see samepage.mm.huge."""
+        self.ops[OP_SPLIT] += 1
         split = getattr(self.mem, "split_huge_page", None)
         if split is None:
             return -errno.EAGAIN
@@ -970,9 +992,12 @@ class Ksm(KsmHooks):
                 return 0
             self.mmap_read_locked = item.mm
             try:
-                return self.try_to_merge_one_page(vma, page, ZERO_PFN)
+                err = self.try_to_merge_one_page(vma, page, ZERO_PFN)
             finally:
                 self.mmap_read_locked = None
+            if not err:
+                self.ops[OP_MERGE_ZERO] += 1
+            return err
         return EFAULT
 
     def try_to_merge_with_ksm_page(self, item: RmapItem, page: int, kpage: int | None) -> int:
@@ -1014,7 +1039,7 @@ class Ksm(KsmHooks):
         root = self.root_unstable_tree[nid]
         pc = mem.page_content
         content = pc[page]
-        memcmp_ns = self.costs.memcmp_ns
+        ops = self.ops
         parent = None
         is_left = False
         if self.preempt is not None:
@@ -1027,7 +1052,7 @@ class Ksm(KsmHooks):
             if tree_page == page:
                 mem.folio_put(mem.page_folio[tree_page])
                 return None
-            self.cpu_ns += memcmp_ns
+            ops[OP_MEMCMP_UNSTABLE] += 1
             other = pc[tree_page]
             if content.__class__ is int and other.__class__ is int:
                 ret = (content > other) - (content < other)
@@ -1047,6 +1072,7 @@ class Ksm(KsmHooks):
                 mem.folio_put(mem.page_folio[tree_page])
                 return None
             else:
+                ops[OP_MEMCMP_EQUAL] += 1
                 if self.preempt is not None:
                     self.preempt("unstable_search:after-found")
                 return cur, tree_page
@@ -1054,6 +1080,7 @@ class Ksm(KsmHooks):
         item.nid = nid
         rb_link_node(item, parent, is_left, root)
         rb_insert_color(item, root)
+        ops[OP_UNSTABLE_INSERT] += 1
         self.ksm_pages_unshared += 1
         return None
 
@@ -1090,6 +1117,7 @@ class Ksm(KsmHooks):
                 return
             err = self.try_to_merge_with_ksm_page(item, page, kfolio.pfn)
             if not err:
+                self.ops[OP_MERGE_KSM] += 1
                 mem.folio_lock(kfolio)
                 self.stable_tree_append(item, self.folio_stable_node(kfolio), bypass)
                 mem.folio_unlock(kfolio)
@@ -1117,6 +1145,7 @@ class Ksm(KsmHooks):
         mem.folio_lock(kfolio)
         snode = self.stable_tree_insert(kfolio)
         if snode is not None:
+            self.ops[OP_MERGE_PAIR] += 1
             self.stable_tree_append(tree_item, snode, False)
             self.stable_tree_append(item, snode, False)
         mem.folio_unlock(kfolio)

@@ -99,6 +99,17 @@ def apply_event(m: Machine, ev: EventCfg, index: int | None = None) -> None:
         raise ScenarioRunError(f"{where}: {e.strerror or e}") from None
 
 
+def batch_record_with_costs(b: int, r, m: Machine) -> dict:
+    """The trace record of batch ``b`` plus extra keys (ignored by the comparison): ksmd's
+    CPU time in the model, pages_to_scan after the batch and the operation counts."""
+    from samepage.ksm.opcounts import as_dict
+    rec = format_batch_record(b, r.t_ms, m.counters())
+    rec["ksmd_cpu_us"] = round(r.cpu_ms * 1000, 1)
+    rec["pages_to_scan"] = m.ksm.ksm_thread_pages_to_scan
+    rec["ops"] = as_dict(r.ops)
+    return rec
+
+
 def iter_model_trace(scenario: Scenario, batches: int | None = None,
                      machine_out: list | None = None,
                      same_folio: str | None = None, sanitize: bool = False) -> Iterator[dict]:
@@ -119,7 +130,7 @@ def iter_model_trace(scenario: Scenario, batches: int | None = None,
             raise ScenarioRunError(
                 f"ksmd cannot run before batch {b} (run is not 1, or no mm is registered); "
                 "a scenario that stops ksmd must restart it in the same after_batch")
-        yield format_batch_record(b, r.t_ms, m.counters())
+        yield batch_record_with_costs(b, r, m)
         while ei < len(events) and events[ei].after_batch <= b:
             apply_event(m, events[ei])
             ei += 1
