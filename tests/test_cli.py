@@ -554,3 +554,14 @@ def test_closed_pipe_is_not_an_error(command, runner, tmp_path):
     assert p.stdout, p.stderr
     assert p.returncode == 0, p.stderr
     assert p.stderr == b""
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/cli.md"])
+def test_docs_link_only_to_files_in_the_repository(doc):
+    path = ROOT / doc
+    text = path.read_text()
+    assert "/work/" not in text and "../shared" not in text
+    for target in re.findall(r"\]\(([^)#\s]+)", text):
+        if not target.startswith(("http://", "https://")):
+            assert (path.parent / target).resolve().is_relative_to(ROOT), target
+            assert (path.parent / target).exists(), f"{doc} links to missing {target}"
