@@ -96,7 +96,12 @@ def _load(text: str, filename: str, path: str | None) -> Scenario:
 def validation_to_scenario_error(e: ValidationError, filename: str,
                                  data: Any = None) -> ScenarioError:
     """The first error of a pydantic ValidationError, as a ScenarioError."""
-    err = e.errors(include_url=False)[0]
+    errs = e.errors(include_url=False)
+    err = errs[0]
+    if err["type"] == "missing":  # a misspelt key: report it, with a suggestion, not the gap
+        table = tuple(err["loc"])[:-1]
+        err = next((x for x in errs if x["type"] == "extra_forbidden"
+                    and tuple(x["loc"])[:-1] == table), err)
     loc = _strip_union_tags(err)
     ctx = err.get("ctx") or {}
     if err["type"] == "scenario":
