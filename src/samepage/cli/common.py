@@ -143,24 +143,9 @@ def scenario_title(scenario: Scenario, fallback: str) -> str:
     return printable(scenario.name or Path(fallback).stem)
 
 
-#: The file name of a scenario read from standard input (``-``) in messages.
-STDIN_NAME = "<stdin>"
-
-
 def read_scenario(path: str) -> Scenario:
-    """load_scenario(path); ``-`` reads the scenario from standard input."""
-    if path != "-":
-        return load_scenario(path)
-    from samepage.scenario import ScenarioError, load_scenario_text
-
-    stream = getattr(sys.stdin, "buffer", sys.stdin)
-    raw = stream.read()
-    if isinstance(raw, bytes):
-        try:
-            raw = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ScenarioError(STDIN_NAME, "(toml)", f"not valid UTF-8 (byte {e.start})") from None
-    return load_scenario_text(raw, filename=STDIN_NAME)
+    """load_scenario(path); ``-`` reads the scenario from standard input (``<stdin>``)."""
+    return load_scenario(path)
 
 
 def load(path: str) -> Scenario:
