@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 _COMMON = dict(deadline=None, database=None, print_blob=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("ci", max_examples=25, derandomize=True, **_COMMON)
-settings.register_profile("fuzz", max_examples=1500, **_COMMON)
+settings.register_profile("fuzz", max_examples=500, **_COMMON)
 
 
 def fuzz_settings(scale: float = 1.0) -> settings:

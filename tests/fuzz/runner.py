@@ -309,8 +309,8 @@ def classify(case: Case, o: Outcome, exc: str, hung: bool,
     if _CONTROL.search(o.stdout) or _CONTROL.search(o.stderr):
         m = _CONTROL.search(o.stdout) or _CONTROL.search(o.stderr)
         return "control-chars", f"control character {m.group()!r} in the output"
-    if case.head and (o.rc in (1, 120) or "BrokenPipe" in o.stderr
-                      or "Exception ignored" in o.stderr):
+    if case.head and (o.rc == 120 or (o.rc == 1 and not case.allow_found)
+                      or "BrokenPipe" in o.stderr or "Exception ignored" in o.stderr):
         return "broken-pipe", f"exit {o.rc} on a closed stdout: {' | '.join(err_lines)[:200]}"
     if o.rc == 0:
         return "ok", ""

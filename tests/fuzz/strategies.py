@@ -534,7 +534,9 @@ def trace_text(rng: random.Random, lines: list[str]) -> str:
     recs = [json.loads(ln) for ln in lines if ln.strip()]
     out = [dumps(r) for r in recs]
     for _ in range(rng.randint(1, 2)):
-        i = rng.randrange(len(recs))
+        if not out:
+            break
+        i = rng.randrange(min(len(recs), len(out)))
         c = rng.randrange(8)
         if c == 0:
             out[i] = dumps(mutate_json(rng, recs[i]))
