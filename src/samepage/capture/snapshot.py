@@ -337,15 +337,27 @@ def load_snapshot(path: str | os.PathLike[str]) -> Snapshot:
         text = md.tobytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise bad("metadata", f"not valid UTF-8 (byte {e.start})") from None
-    doc = parse_json(text, fn, key="metadata")
+    try:
+        doc = parse_json(text, fn)
+    except ScenarioError as e:
+        raise _under_metadata(e) from None
     if isinstance(doc, dict) and doc.get("format") != FORMAT:
         raise bad("metadata.format", f"not a samepage snapshot (format {doc.get('format')!r})")
     if isinstance(doc, dict) and doc.get("version") != VERSION:
         raise bad("metadata.version", f"unsupported snapshot version {doc.get('version')!r} "
                                       f"(this samepage reads version {VERSION})")
-    meta = validate(SnapshotMeta, doc, fn, key="metadata")
+    try:
+        meta = validate(SnapshotMeta, doc, fn)
+    except ScenarioError as e:
+        raise _under_metadata(e) from None
     _check_arrays(meta, arrays, bad)
     return Snapshot(meta, arrays, path=fn)
+
+
+def _under_metadata(e: ScenarioError) -> ScenarioError:
+    """A metadata error's key as ``metadata.KEY`` (``metadata`` for the whole document)."""
+    key = "metadata" if e.key == "(top)" else f"metadata.{e.key}"
+    return ScenarioError(e.file, key, e.msg)
 
 
 def _check_arrays(meta: SnapshotMeta, a: dict[str, np.ndarray], bad) -> None:

@@ -74,7 +74,8 @@ def digest_pages(buf: bytes | bytearray | memoryview) -> Digests:
         return Digests.empty()
     words = np.frombuffer(mv, dtype=np.uint64, count=n * PAGE_WORDS).reshape(n, PAGE_WORDS)
     zero = np.bitwise_or.reduce(words, axis=1) == 0
-    first = words[:, 0].astype(">u8").astype(np.uint64)   # big-endian value, native dtype
+    # the first 8 bytes read as a big-endian number (a view, not a value conversion)
+    first = np.ascontiguousarray(words[:, 0]).view(">u8").astype(np.uint64)
     hashes = np.zeros((n, 2), np.uint64)
     nz = np.flatnonzero(~zero)
     if nz.size:
