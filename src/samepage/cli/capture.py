@@ -214,7 +214,8 @@ def capture(
             nbytes += n
             if not live and not core and raw is None:
                 error_exit("no process could be captured")
-    secs = time.monotonic() - t0
+    # the time spent capturing: the sleeps between samples are not part of it
+    secs = max(0.0, time.monotonic() - t0 - (interval * (samples - 1) if pids else 0.0))
     snap = build_snapshot(procs, sources=sources, samples=samples if pids else 1,
                           interval_s=interval if pids and samples > 1 else 0.0,
                           zero_pfn_known=zero_known, captured_bytes=nbytes,
