@@ -622,3 +622,6 @@ def explore(
 
 
 app.command("compare")(_compare_command)
+
+from .capture import register as _register_capture  # noqa: E402
+_register_capture(app)
