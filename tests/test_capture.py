@@ -622,3 +622,23 @@ def test_launch_of_a_missing_command_is_one_line():
     r = _launch("--", "/nonexistent/samepage-no-such-program")
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert r.stderr.startswith("samepage: error: ") and "not found" in r.stderr
+
+
+def test_permission_denied_is_one_warning(spawn, monkeypatch):
+    """A process whose memory may not be read (ptrace access mode) is left out with one
+    warning line; the capture goes on. (Root passes the check, so the refusal is simulated
+    where the kernel reports it: opening /proc/PID/mem.)"""
+    a, b = spawn("a"), spawn("b")
+    real_open = os.open
+
+    def refuse(path, *args, **kw):
+        if str(path) == f"/proc/{a.pid}/mem":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kw)
+
+    monkeypatch.setattr(os, "open", refuse)
+    rec = Recorder()
+    procs, _, _ = capture_live([a.pid, b.pid], progress=rec)
+    assert [p.pid for p in procs] == [b.pid]
+    assert len(rec.warnings) == 1
+    assert f"pid {a.pid}" in rec.warnings[0] and "permission denied" in rec.warnings[0]
