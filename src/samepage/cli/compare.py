@@ -64,7 +64,11 @@ def comparison_rows(cmp: TraceComparison, compact: bool = False
                     ) -> tuple[list[str], list[tuple[list[tuple[str, bool]], str]]]:
     """Headers and rows of the side-by-side table: per row the cells as (text, differs) and
     a note ("" or "<- first difference")."""
-    headers = ["", "batch", "t_ms", *(report.COUNTER_HEADERS[c] for c in COUNTER_NAMES)]
+    # ksmd's CPU per batch (extra key ksmd_cpu_us), when both traces have it: shown with the
+    # model/kernel ratio, never compared
+    cpu = any("ksmd_cpu_us" in r for r in cmp.a) and any("ksmd_cpu_us" in r for r in cmp.b)
+    headers = ["", "batch", "t_ms", *(["cpu_us", "cpu ratio"] if cpu else []),
+               *(report.COUNTER_HEADERS[c] for c in COUNTER_NAMES)]
     first = cmp.first_batch
     rows = []
     for n, a, b in cmp.by_batch():
@@ -75,6 +79,12 @@ def comparison_rows(cmp: TraceComparison, compact: bool = False
         ta = None if a is None else f"{a['t_ms']:.1f}"
         tb = None if b is None else f"{b['t_ms']:.1f}"
         cells.append((f"{ta or '-'}/{tb or '-'}", False))    # shown, never compared
+        if cpu:
+            ca = None if a is None else a.get("ksmd_cpu_us")
+            cb = None if b is None else b.get("ksmd_cpu_us")
+            cells.append((f"{'-' if ca is None else f'{ca:.0f}'}/"
+                          f"{'-' if cb is None else f'{cb:.0f}'}", False))
+            cells.append((f"{ca / cb:.2f}" if ca is not None and cb else "-", False))
         for c in COUNTER_NAMES:
             cells.append(_cell(None if a is None else a[c], None if b is None else b[c],
                                compact))
@@ -231,6 +241,11 @@ def compare(
         con.print()
         print_final_comparison(con, cmp, compact)
         con.print()
+        pm = {ph: cpu for ph, _, cpu, _ in report.cpu_by_phase(model.records)}
+        for ph, n, kcpu, _ in report.cpu_by_phase(k_records):
+            if ph in pm and kcpu > 0:       # informative only: not part of the exit status
+                con.print(f"ksmd CPU, {ph}: model {pm[ph]:.1f} ms / kernel {kcpu:.1f} ms "
+                          f"= {pm[ph] / kcpu:.2f}", soft_wrap=True, markup=False)
     colour = "green" if cmp.identical else "red"
     con.print(f"[bold {colour}]{markup_safe(cmp.summary())}[/]", soft_wrap=True)
     if plot is not None:

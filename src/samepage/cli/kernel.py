@@ -293,3 +293,4 @@ def kernel_record(
 
 
 from . import status as _status  # noqa: E402,F401  (registers kernel status / kernel top)
+from . import calibrate as _calibrate  # noqa: E402,F401  (registers kernel calibrate)

@@ -245,9 +245,21 @@ def run(
         "--sanitize", help="Check every folio operation and the whole state after every "
                            "step (slower); a bug found is reported on stderr, exit status 1.")
     ] = False,
+    costs: Annotated[Optional[Path], typer.Option(
+        "--costs", metavar="COSTS.toml", dir_okay=False,
+        help="ksmd's CPU cost profile (from samepage kernel calibrate) instead of the "
+             "scenario's [model] costs or the shipped one.")] = None,
 ) -> None:
     """Run a scenario on the model and print the KSM counters after every ksmd batch."""
     sc = load(scenario)
+    if costs is not None:
+        from samepage.ksm.costs import CostProfileError, load_profile
+        try:
+            load_profile(costs)              # a malformed profile: one line, before running
+        except CostProfileError as e:
+            error_exit(str(e))
+        sc = sc.model_copy(update={"model": sc.model.model_copy(
+            update={"costs": os.path.abspath(costs)})})
     if sanitize and same_folio == "all":
         error_exit("--sanitize takes one strategy, not --same-folio all")
     if same_folio is not None and same_folio not in SAME_FOLIO_CHOICES:
@@ -400,6 +412,10 @@ def demo(
         share = f", {100 * s.cpu_ms / s.t_ms:.1f}% of one CPU" if s.t_ms > 0 else ""
         say(f"[bold]ksmd CPU time[/] in the model: {s.cpu_ms:.1f} ms over "
             f"{s.t_ms / 1000:.2f} s{share}. [dim](The simulation took {r.wall_s - slept:.2f} s.)[/]")
+        for name, n, cpu, pct in s.phases:
+            say(f"  {name}: {cpu:.1f} ms over {n} batches, {pct:.1f}% of one CPU")
+        say("[dim](CPU costs fitted to ksmd on the reference machine; docs/cpu-model.md says "
+            "how to fit them to yours: samepage kernel calibrate)[/]")
     if plot is not None:
         say(f"[bold]Plot[/] written to {markup_safe(plot)}")
 

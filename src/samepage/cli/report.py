@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich import box
@@ -146,6 +146,32 @@ class Summary:
     saved_bytes: int           # (pages_sharing + ksm_zero_pages) * 4096
     general_profit: int
     cpu_ms: float | None       # ksmd's CPU time in the model, if known
+    #: (phase, batches, ksmd CPU ms, % of one CPU) from the records' ksmd_cpu_us
+    phases: list[tuple[str, int, float, float]] = field(default_factory=list)
+
+
+CPU_PHASES = ("first full scan", "merging scan", "steady scans")
+
+
+def cpu_by_phase(records: Sequence[dict[str, Any]]) -> list[tuple[str, int, float, float]]:
+    """ksmd's CPU per phase (docs/cpu-model.md): a batch is in the first full scan while
+    full_scans was 0 before it, in the merging scan while it was 1, steady after that.
+    % of one CPU: the phase's CPU over its batches' periods (t_ms to the next batch; the last
+    batch's period is the median of the others)."""
+    if not records or any("ksmd_cpu_us" not in r for r in records):
+        return []
+    periods = [b["t_ms"] - a["t_ms"] for a, b in zip(records, records[1:])]
+    periods.append(sorted(periods)[len(periods) // 2] if periods else 0.0)
+    acc: dict[int, list[float]] = {}
+    prev = 0
+    for r, p in zip(records, periods):
+        a = acc.setdefault(min(prev, 2), [0, 0.0, 0.0])
+        a[0] += 1
+        a[1] += r["ksmd_cpu_us"] / 1000
+        a[2] += p
+        prev = r["full_scans"]
+    return [(CPU_PHASES[k], int(n), cpu, 100 * cpu / t if t > 0 else 0.0)
+            for k, (n, cpu, t) in sorted(acc.items())]
 
 
 def summarize(records: Sequence[dict[str, Any]], cpu_ms: float | None = None) -> Summary:
@@ -157,6 +183,7 @@ def summarize(records: Sequence[dict[str, Any]], cpu_ms: float | None = None) ->
         saved_bytes=(last["pages_sharing"] + last["ksm_zero_pages"]) * PAGE_SIZE,
         general_profit=int(last["general_profit"]),
         cpu_ms=cpu_ms,
+        phases=cpu_by_phase(records),
     )
 
 
@@ -173,6 +200,8 @@ def summary_lines(s: Summary, time_label: str = "simulated time") -> list[str]:
     if s.cpu_ms is not None:
         share = f" ({100 * s.cpu_ms / s.t_ms:.1f}% of one CPU)" if s.t_ms > 0 else ""
         lines.append(f"[bold]ksmd CPU time[/]   {s.cpu_ms:.1f} ms{share}")
+    for name, n, cpu, pct in s.phases:
+        lines.append(f"  {name:<15} {cpu:8.1f} ms over {n:>4} batches, {pct:.1f}% of one CPU")
     return lines
 
 

@@ -50,7 +50,7 @@ _FALLBACK_NS = {
     "memcmp_merge": 150.0, "merge_one": 1000.0, "merge_ksm": 300.0, "merge_pair": 600.0,
     "merge_zero": 300.0, "rmap_alloc": 80.0, "rmap_free": 80.0, "stable_node_new": 200.0,
     "stable_node_free": 100.0, "skip": 60.0, "split": 20000.0, "cow_break": 2000.0,
-    "scan_start": 20000.0, "unstable_insert": 100.0,
+    "scan_start": 20000.0, "unstable_insert": 100.0, "no_page": 30.0,
 }
 
 

@@ -35,7 +35,7 @@ from .checksum import ZERO_CHECKSUM, calc_checksum_content
 from .costs import CostModel, resolve_costs
 from .opcounts import (OP_BATCH, OP_CHAIN_DUP, OP_CHECKSUM, OP_COW_BREAK, OP_MEMCMP_EQUAL,
                        OP_MEMCMP_MERGE, OP_MEMCMP_STABLE, OP_MEMCMP_UNSTABLE, OP_MERGE_KSM,
-                       OP_MERGE_ONE, OP_MERGE_PAIR, OP_MERGE_ZERO, OP_RMAP_ALLOC, OP_RMAP_FREE,
+                       OP_MERGE_ONE, OP_MERGE_PAIR, OP_MERGE_ZERO, OP_NO_PAGE, OP_RMAP_ALLOC, OP_RMAP_FREE,
                        OP_SCAN_START, OP_SKIP, OP_SPLIT, OP_STABLE_NODE_FREE,
                        OP_STABLE_NODE_NEW, OP_UNSTABLE_INSERT, OP_VISIT, new_counts)
 from .rbtree import (RbRoot, rb_erase, rb_insert_color, rb_link_node, rb_replace_node)
@@ -763,6 +763,8 @@ class Ksm(KsmHooks):
                                     continue
                                 scan.address = addr + PAGE_SIZE
                                 return item, pfn
+                        else:
+                            ops[OP_NO_PAGE] += 1             # folio_walk_start found none
                         i += 1
                     scan.address = vma.end
             if exiting:

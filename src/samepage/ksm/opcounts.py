@@ -53,15 +53,18 @@ OP_COW_BREAK = 18
 OP_SCAN_START = 19
 #: rmap_items inserted into the unstable tree
 OP_UNSTABLE_INSERT = 20
+#: addresses of a mergeable VMA walked without a page to visit (none mapped, or the zero
+#: page): ``scan_get_next_rmap_item`` still walks the page table for each
+OP_NO_PAGE = 21
 
 OP_NAMES: tuple[str, ...] = (
     "batch", "visit", "checksum", "memcmp_stable", "memcmp_unstable", "memcmp_equal",
     "chain_dup", "memcmp_merge", "merge_one", "merge_ksm", "merge_pair", "merge_zero",
     "rmap_alloc", "rmap_free", "stable_node_new", "stable_node_free", "skip", "split",
-    "cow_break", "scan_start", "unstable_insert",
+    "cow_break", "scan_start", "unstable_insert", "no_page",
 )
 N_OPS = len(OP_NAMES)
-assert N_OPS == OP_UNSTABLE_INSERT + 1
+assert N_OPS == OP_NO_PAGE + 1
 
 
 def new_counts() -> list[int]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from samepage.machine import Machine, SyscallError
 
 from .checks import check_runnable
+from .errors import ScenarioError
 from .schema import EventCfg, Scenario
 from .trace import format_batch_record, format_final_record
 
@@ -38,6 +39,7 @@ def setup_machine(scenario: Scenario, same_folio: str | None = None,
     m = Machine(numa_nodes=scenario.machine.numa_nodes,
                 thp=scenario.machine.thp or "madvise",
                 mthp_kb=scenario.machine.mthp_kb,
+                costs=scenario_costs(scenario),
                 split_zero_remap=scenario.model.split_zero_remap,
                 same_folio=same_folio or scenario.model.same_folio,
                 sanitize=sanitize)
@@ -57,6 +59,24 @@ def setup_machine(scenario: Scenario, same_folio: str | None = None,
             p.madvise(vma, "mergeable")
     _sysfs(m, "run", 1, "set-up run=1")
     return m
+
+
+def scenario_costs(scenario: Scenario):
+    """The CPU cost profile of ``[model] costs`` (a path relative to the scenario file), or
+    None for the shipped default; a malformed profile raises ScenarioError about that file."""
+    import os
+
+    from samepage.ksm.costs import CostProfileError, load_profile
+
+    path = scenario.model.costs
+    if path is None:
+        return None
+    if not os.path.isabs(path) and scenario.path:
+        path = os.path.join(os.path.dirname(os.path.abspath(scenario.path)), path)
+    try:
+        return load_profile(path)
+    except CostProfileError as e:
+        raise ScenarioError(e.file, e.key, e.msg) from None
 
 
 def _sysfs(m: Machine, name: str, value, where: str) -> None:

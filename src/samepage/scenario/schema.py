@@ -142,11 +142,13 @@ class ModelCfg(_Model):
     same_folio: how a merge of two pages of the same large folio is handled (ksm-spec §5):
     "v6.18" (current code), "early-put" (drop the tree_page reference first) or "split-retry"
     (split, then retry the unstable-tree search); split_zero_remap: a THP split remaps its
-    zero-filled subpages to the shared zero page (ksm-spec §4.11.4).
+    zero-filled subpages to the shared zero page (ksm-spec §4.11.4); costs: a CPU cost profile
+    (samepage.ksm.costs; relative to the scenario file), default the shipped one.
     """
 
     same_folio: Literal["v6.18", "early-put", "split-retry"] = "v6.18"
     split_zero_remap: bool = True
+    costs: Union[str, None] = None
 
 
 # --------------------------------------------------------------------------- processes

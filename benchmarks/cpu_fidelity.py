@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""ksmd's CPU time: the model's prediction against the live kernel, on workloads the fit
+never saw (issue 9).
+
+Runs every workload of ``benchmarks/cpu_workloads/*.toml`` and the demo scenario (with
+sleep_millisecs = 150, as the harness needs) once on the model and ``--runs`` times on this
+machine's kernel through the harness (root; KSM lock, settings restored), and prints per
+workload and phase (first full scan, merging scan, steady scans; docs/cpu-model.md) the
+model's CPU, the kernel's (median of the runs' phase totals), their ratio and the spread
+of the kernel runs ((max - min) / median).  Batches whose counters differ from the model's
+are left out on both sides.
+
+    python benchmarks/cpu_fidelity.py [--runs 3] [--costs COSTS.toml] [--wait S]
+                                      [--save DIR | --from DIR] [--json]
+
+``--from DIR`` reuses the kernel traces a previous ``--save DIR`` kept (no root needed).
+Exit status 0 when every ratio lies within 0.85-1.15, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from importlib import resources
+from pathlib import Path
+
+from samepage.kernel.calibrate import PHASE_TITLES, PHASES, samples_from_traces
+from samepage.ksm.costs import resolve_costs
+from samepage.scenario import load_scenario, read_trace
+from samepage.scenario.loader import load_scenario_text
+from samepage.scenario.model_runner import run_scenario_on_model
+
+HERE = Path(__file__).parent
+LOW, HIGH = 0.85, 1.15
+
+
+def workloads() -> list[tuple[str, object]]:
+    out = []
+    for p in sorted((HERE / "cpu_workloads").glob("*.toml")):
+        out.append((p.stem, load_scenario(p)))
+    demo = resources.files("samepage.data").joinpath("demo.toml").read_text()
+    demo = demo.replace("sleep_millisecs = 20\n", "sleep_millisecs = 150\n")
+    out.append(("demo", load_scenario_text(demo, "demo.toml")))
+    return out
+
+
+def phase_totals(data, run: int | None) -> dict[str, float]:
+    """phase -> kernel ms of one run (None: the median of the runs' totals)."""
+    out = {}
+    for ph in PHASES:
+        ss = [s for s in data.samples if s.phase == ph and len(s.measured_us) == data.runs]
+        if not ss:
+            continue
+        totals = [sum(s.measured_us[r] for s in ss) / 1000 for r in range(data.runs)]
+        out[ph] = totals[run] if run is not None else statistics.median(totals)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--costs", help="cost profile (default: the shipped one)")
+    ap.add_argument("--wait", type=float, default=600.0)
+    ap.add_argument("--save", type=Path, help="keep the kernel traces in DIR")
+    ap.add_argument("--from", dest="from_dir", type=Path, help="reuse traces saved in DIR")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    costs = resolve_costs(a.costs)
+    rows = []
+    for name, sc in workloads():
+        if a.costs is not None:
+            sc = sc.model_copy(update={"model": sc.model.model_copy(
+                update={"costs": str(Path(a.costs).resolve())})})
+        model = run_scenario_on_model(sc).records
+        if a.from_dir is not None:
+            files = sorted(a.from_dir.glob(f"{name}.kernel*.jsonl"))
+            kruns = [read_trace(f)[0] for f in files]
+        else:
+            from samepage.kernel.calibrate import run_kernel
+            kruns = []
+            for r in range(a.runs):
+                print(f"{name}: kernel run {r + 1}/{a.runs}", file=sys.stderr, flush=True)
+                recs, final = run_kernel(sc, wait=a.wait, force=False)
+                kruns.append(recs)
+                if a.save is not None:
+                    a.save.mkdir(parents=True, exist_ok=True)
+                    with open(a.save / f"{name}.kernel{r + 1}.jsonl", "w") as f:
+                        f.writelines(json.dumps(x) + "\n" for x in [*recs, final])
+        if not kruns:
+            print(f"{name}: no kernel traces", file=sys.stderr)
+            continue
+        data = samples_from_traces(model, kruns, name)
+        kmed = phase_totals(data, None)
+        per_run = [phase_totals(data, r) for r in range(data.runs)]
+        for ph, (pred, _) in data.phase_sums(costs).items():
+            if ph not in kmed:
+                continue
+            runs = [t[ph] for t in per_run]
+            spread = (max(runs) - min(runs)) / kmed[ph] if kmed[ph] > 0 else 0.0
+            rows.append({"workload": name, "phase": ph, "model_ms": round(pred, 2),
+                         "kernel_ms": round(kmed[ph], 2), "ratio": round(pred / kmed[ph], 3),
+                         "kernel_runs_ms": [round(x, 2) for x in runs],
+                         "kernel_spread": round(spread, 3),
+                         "batches_left_out": data.mismatched_batches})
+    if a.json:
+        print(json.dumps({"costs": costs.source, "rows": rows}, indent=1))
+    else:
+        print(f"cost profile: {costs.source or 'built-in'}; kernel: median of {a.runs} runs")
+        print(f"{'workload':28} {'phase':16} {'model ms':>9} {'kernel ms':>9} {'ratio':>6} "
+              f"{'kernel runs (ms)':>28} {'spread':>6}")
+        for r in rows:
+            ok = "" if LOW <= r["ratio"] <= HIGH else "  <-- outside 0.85-1.15"
+            kr = " / ".join(f"{x:.1f}" for x in r["kernel_runs_ms"])
+            print(f"{r['workload']:28} {PHASE_TITLES[r['phase']]:16} {r['model_ms']:9.2f} "
+                  f"{r['kernel_ms']:9.2f} {r['ratio']:6.2f} {kr:>28} "
+                  f"{100 * r['kernel_spread']:5.0f}%{ok}")
+        inside = sum(LOW <= r["ratio"] <= HIGH for r in rows)
+        print(f"{inside} of {len(rows)} ratios within {LOW}-{HIGH}")
+    return 0 if rows and all(LOW <= r["ratio"] <= HIGH for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
