@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from samepage import KERNEL_RELEASE_MODELLED
+from samepage.ksm import fastforward
 from samepage.ksm.costs import CostModel
 from samepage.ksm.ksm import Ksm
 from samepage.ksm.sysfs import sysfs_read, sysfs_read_int, sysfs_write
@@ -60,6 +62,7 @@ def _api(fn):
     @functools.wraps(fn)
     def wrapper(self, *args, **kw):
         machine = self.machine if isinstance(self, Process) else self
+        machine.ksm.ff_invalidate()          # an event: no scan profile holds any more
         san = machine.sanitizer
         if san is None:
             return fn(self, *args, **kw)
@@ -211,14 +214,17 @@ class Machine:
 
     def __init__(self, numa_nodes: int = 1, costs: CostModel | str | None = None, *,
                  thp: str = "madvise", mthp_kb=(), split_zero_remap: bool = True,
-                 same_folio: str = "v6.18", sanitize: bool = False):
+                 same_folio: str = "v6.18", sanitize: bool = False,
+                 fast_forward: bool | None = None):
         """``thp``: transparent_hugepage/enabled; ``mthp_kb``: extra large-folio sizes set to
         ``inherit``; ``split_zero_remap``: remap zero-filled subpages on a split (6.18);
         ``same_folio``: the merge strategy for a same-folio pair (``v6.18``, ``early-put``,
         ``split-retry``; see samepage.ksm.same_folio); ``sanitize``: check every folio
         operation and the whole state after every step (samepage.sanitizer; slower);
         ``costs``: ksmd's CPU cost profile, a CostModel or a profile file (samepage.ksm.costs;
-        default: the shipped profile)."""
+        default: the shipped profile); ``fast_forward``: replay quiescent full scans in bulk
+        (samepage.ksm.fastforward; every counter as if they ran; default on unless the
+        environment variable SAMEPAGE_FAST_FORWARD is 0)."""
         self.mem = Memory(numa_nodes)
         self.mem.thp.enabled = thp
         self.mem.thp.enable_mthp_kb(mthp_kb)
@@ -228,6 +234,9 @@ class Machine:
         self.processes: dict[str, Process] = {}
         self.batches = 0
         self.t0_ns = 0
+        if fast_forward is None:
+            fast_forward = os.environ.get("SAMEPAGE_FAST_FORWARD", "1").strip() != "0"
+        self.fast_forward = fast_forward
         self.sanitizer = None
         if sanitize:
             from samepage.sanitizer import Sanitizer
@@ -278,12 +287,37 @@ class Machine:
         if self.sanitizer is not None:
             return self.sanitizer.api(self, "ksmd", f"batch {self.batches + 1}",
                                       self._run_batch)
+        prof = self._ff_profile()
+        if prof is not None and len(prof.batches) == 1:
+            out: list[BatchResult] = []
+            if fastforward.replay_scans(self.ksm, prof, 1, 1, self._ff_emitter(out)):
+                return out[0]
         return self._run_batch()
+
+    def _ff_profile(self):
+        """The profile of a clean scan that may be replayed now, or None."""
+        if not self.fast_forward or self.sanitizer is not None:
+            return None
+        return self.ksm.ff_profile
+
+    def _ff_emitter(self, out: list):
+        def emit(start_ns: int, pages: int, cpu: float, ops: list[int]) -> None:
+            self.batches += 1
+            out.append(BatchResult(self.batches, (start_ns - self.t0_ns) / 1e6, pages,
+                                   cpu / 1e6, ops))
+        return emit
 
     def _run_batch(self) -> BatchResult | None:
         ksm = self.ksm
         if not ksm.ksmd_should_run():
             return None
+        ksm.ff_profile = None
+        rec = None
+        if self.fast_forward and self.sanitizer is None and ksm.preempt is None:
+            if ksm.ksm_scan.mm_slot is None:           # a full scan starts: watch it
+                ksm.ff_recorder = fastforward.ScanRecorder(ksm)
+            rec = ksm.ff_recorder
+        seqnr = ksm.ksm_scan.seqnr
         before = ksm.ksm_pages_scanned
         start_ns = ksm.clock_ns
         cpu0 = ksm.cpu_ns
@@ -294,6 +328,11 @@ class Machine:
         ops = [a - b for a, b in zip(ksm.ops, ops0)]
         ksm._batch_cpu_start = ksm.cpu_ns
         ksm.clock_ns += int(cpu)
+        if rec is not None and ksm.ff_recorder is rec:
+            rec.add_batch(ops, ksm.ksm_pages_scanned - before, int(cpu))
+            if ksm.ksm_scan.seqnr != seqnr:
+                ksm.ff_recorder = None
+                ksm.ff_profile = rec.finish(ksm)
         self.batches += 1
         # t_ms is the batch's start, as the kernel harness measures it
         res = BatchResult(self.batches, (start_ns - self.t0_ns) / 1e6,
@@ -302,8 +341,13 @@ class Machine:
         return res
 
     def run_batches(self, n: int) -> list[BatchResult]:
-        out = []
-        for _ in range(n):
+        out: list[BatchResult] = []
+        emit = self._ff_emitter(out)
+        while len(out) < n:
+            prof = self._ff_profile()
+            if prof is not None and fastforward.replay_scans(self.ksm, prof, n, n - len(out),
+                                                             emit):
+                continue
             r = self.run_batch()
             if r is None:
                 break
@@ -315,6 +359,14 @@ class Machine:
         target = self.ksm.ksm_scan.seqnr + n
         count = 0
         while self.ksm.ksm_scan.seqnr < target and count < max_batches:
+            prof = self._ff_profile()
+            if prof is not None:
+                k = fastforward.replay_scans(self.ksm, prof, target - self.ksm.ksm_scan.seqnr,
+                                             max_batches - count)
+                if k:
+                    self.batches += k
+                    count += k
+                    continue
             if self.run_batch() is None:
                 break
             count += 1

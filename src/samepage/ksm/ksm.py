@@ -124,6 +124,15 @@ class Ksm(KsmHooks):
         self.preempt = None
         self.mmap_read_locked = None
         self.set_same_folio_strategy("v6.18")
+        # fast-forward of quiescent scans (samepage.ksm.fastforward): ``ff_dirty`` is set by
+        # any change a scan makes that is not clock-like; an unstable item removed at its
+        # visit must be re-inserted (``ff_removed`` == ``ff_reinserted`` at the wrap)
+        self.ff_dirty = False
+        self.ff_removed = 0
+        self.ff_reinserted = 0
+        self.ff_reinsert = None
+        self.ff_recorder = None
+        self.ff_profile = None
 
     # ------------------------------------------------------------------------------------
     # helpers
@@ -144,6 +153,7 @@ class Ksm(KsmHooks):
 
     def _fail(self, where: str) -> None:
         """Record why a merge attempt failed: which check, in which function."""
+        self.ff_dirty = True
         if self.record_failures:
             self.merge_failures[where] = self.merge_failures.get(where, 0) + 1
             if self.failure_log is not None:
@@ -248,12 +258,19 @@ class Ksm(KsmHooks):
         if easy_to_free:
             mm.flags &= ~(MMF_VM_MERGE_ANY | MMF_VM_MERGEABLE)
 
+    def ff_invalidate(self) -> None:
+        """Something outside ksmd changed the state: no scan profile holds any more."""
+        self.ff_profile = None
+        self.ff_recorder = None
+
     # --- hooks called by the memory manager -------------------------------------------------
     def ksm_exit(self, mm: MM) -> None:
+        self.ff_invalidate()
         if mm.flags & MMF_VM_MERGEABLE:
             self.__ksm_exit(mm)
 
     def ksm_fork(self, mm: MM, oldmm: MM) -> None:
+        self.ff_invalidate()
         if oldmm.flags & MMF_VM_MERGEABLE:
             mm.ksm_merging_pages = 0
             mm.ksm_rmap_items = 0
@@ -261,10 +278,12 @@ class Ksm(KsmHooks):
             self.__ksm_enter(mm)
 
     def ksm_execve(self, mm: MM) -> None:
+        self.ff_invalidate()
         if mm.flags & MMF_VM_MERGE_ANY:
             self.__ksm_enter(mm)
 
     def ksm_might_unmap_zero_page(self, mm: MM, ptef: int) -> None:
+        self.ff_invalidate()
         if ptef & PTE_SPECIAL and ptef & PTE_DIRTY:       # is_ksm_zero_pte
             self.ksm_zero_pages -= 1
             mm.ksm_zero_pages -= 1
@@ -278,12 +297,14 @@ class Ksm(KsmHooks):
         return True
 
     def ksm_vma_flags(self, mm: MM, vma: Vma) -> None:
+        self.ff_invalidate()
         if mm.flags & MMF_VM_MERGE_ANY and self.ksm_compatible(vma):
             vma.flags |= VM_MERGEABLE
             if not mm.flags & MMF_VM_MERGEABLE:
                 self.__ksm_enter(mm)
 
     def ksm_madvise(self, vma: Vma, start: int, end: int, advice: int) -> int:
+        self.ff_invalidate()
         mm = vma.mm
         if advice == MADV_MERGEABLE:
             if vma.flags & VM_MERGEABLE:
@@ -322,6 +343,7 @@ class Ksm(KsmHooks):
         return 0
 
     def ksm_enable_merge_any(self, mm: MM) -> int:
+        self.ff_invalidate()
         if mm.flags & MMF_VM_MERGE_ANY:
             return 0
         if not mm.flags & MMF_VM_MERGEABLE:
@@ -334,6 +356,7 @@ class Ksm(KsmHooks):
         return 0
 
     def ksm_disable_merge_any(self, mm: MM) -> int:
+        self.ff_invalidate()
         if not mm.flags & MMF_VM_MERGE_ANY:
             return 0
         for vma in mm.vmas:
@@ -464,6 +487,7 @@ class Ksm(KsmHooks):
             prune = False
         else:
             chain.chain_prune_time = now
+            self.ff_dirty = True
         found = None
         found_len = 0
         tree_folio = None
@@ -500,6 +524,7 @@ class Ksm(KsmHooks):
                 self.ksm_stable_node_dups -= 1
                 node = found
             elif chain.hlist[0] is not found and self.is_page_sharing_candidate(found, 1):
+                self.ff_dirty = True
                 chain.hlist.remove(found)
                 chain.hlist.insert(0, found)
         else:
@@ -689,6 +714,7 @@ class Ksm(KsmHooks):
             return False
         if folio.flags & PG_KSM:
             return False
+        self.ff_dirty = True                 # age or remaining_skips moves
         age = item.age
         if age != 255:
             item.age = age + 1
@@ -775,6 +801,7 @@ class Ksm(KsmHooks):
             scan.mm_slot = nxt
             if scan.address == 0:
                 # no VM_MERGEABLE VMA (or the mm is exiting): forget this mm
+                self.ff_dirty = True
                 self._slot_del(slot)
                 mm.flags &= ~MMF_VM_MERGEABLE        # 6.18 keeps MMF_VM_MERGE_ANY
             if nxt is not None:
@@ -1078,6 +1105,11 @@ class Ksm(KsmHooks):
                 if self.preempt is not None:
                     self.preempt("unstable_search:after-found")
                 return cur, tree_page
+        if self.ff_reinsert is item:         # back where it was in the last scan's tree
+            self.ff_reinserted += 1
+            self.ff_reinsert = None
+        else:
+            self.ff_dirty = True
         item.address |= UNSTABLE_FLAG | (self.ksm_scan.seqnr & SEQNR_MASK)
         item.nid = nid
         rb_link_node(item, parent, is_left, root)
@@ -1099,11 +1131,16 @@ class Ksm(KsmHooks):
             if not self.is_page_sharing_candidate(stable_node):
                 bypass = True
         else:
-            if item.address & (STABLE_FLAG | UNSTABLE_FLAG):
+            a = item.address
+            if a & (STABLE_FLAG | UNSTABLE_FLAG):
                 self.remove_rmap_item_from_tree(item)
+                if a & UNSTABLE_FLAG:
+                    self.ff_removed += 1
+                    self.ff_reinsert = item
             checksum = self.calc_checksum(page)
             if item.oldchecksum != checksum:
                 item.oldchecksum = checksum
+                self.ff_dirty = True
                 return                                   # volatile
             if not self.try_to_merge_with_zero_page(item, page):
                 return
@@ -1221,6 +1258,8 @@ class Ksm(KsmHooks):
     # ------------------------------------------------------------------------------------
     # the scan-time advisor (advisor_start_scan / advisor_stop_scan / scan_time_advisor)
     def advisor_start_scan(self) -> None:
+        if self.ff_recorder is not None:
+            self.ff_recorder.start_ops = list(self.ops)
         if self.ksm_advisor == "scan-time":
             self.advisor_ctx["start_scan"] = self.clock_ns + int(self.cpu_ns_in_batch())
 

@@ -85,6 +85,7 @@ def _as_text(value) -> str:
 
 def sysfs_write(ksm: Ksm, name: str, value) -> None:
     """``echo VALUE > /sys/kernel/mm/ksm/NAME``."""
+    ksm.ff_invalidate()                      # a tunable write ends any fast-forward
     s = _as_text(value)
     if name in READ_ONLY:
         raise OSError(errno.EACCES, f"{name} is read-only")
