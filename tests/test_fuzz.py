@@ -29,14 +29,15 @@ def _show(case: Case, o: Outcome) -> str:
 def check_scenario_file(path: str) -> None:
     """validate, then (if validate accepts it) run 3 batches: good outcomes, and run does not
     reject what validate accepted."""
-    v_case = Case("scenario", "validate", ["validate", path], names=[path], inputs=[path])
+    v_case = Case("scenario", "validate", ["validate", path], names=[path], inputs=[path],
+                  keyed=True)
     v = run_case(v_case)
     assert v.good, _show(v_case, v)
     if v.rc != 0:
         assert v.kind == "error"
         return
     r_case = Case("scenario", "run", ["run", path, "-q", "--batches", "3"], names=[path],
-                  inputs=[path])
+                  inputs=[path], keyed=True)
     r = run_case(r_case)
     assert r.good, _show(r_case, r)
     assert differential(v, r) is None, _show(r_case, r)
@@ -131,7 +132,8 @@ def test_mutated_schedules(text):
         p = S.Path(d) / "s.json"
         p.write_text(text, encoding="utf-8", errors="surrogateescape")
         case = Case("schedule", "replay", ["explore", str(seed), "--replay", str(p)],
-                    names=[str(p)], inputs=[str(p), str(seed)], allow_found=True)
+                    names=[str(p)], inputs=[str(p), str(seed)], allow_found=True,
+                    keyed=True)
         o = run_case(case)
         assert o.good, _show(case, o)
 
@@ -146,7 +148,7 @@ def test_mutated_traces(text):
         p = S.Path(d) / "t.jsonl"
         p.write_text(text, encoding="utf-8", errors="surrogateescape")
         case = Case("trace", "compare", ["compare", _SCEN, "--against", str(p)],
-                    names=[str(p)], inputs=[str(p)], allow_found=True)
+                    names=[str(p)], inputs=[str(p)], allow_found=True, keyed=True)
         o = run_case(case)
         assert o.good, _show(case, o)
 

@@ -12,6 +12,8 @@ Sources:
   must not reject it ("run-rejects-validated");
 * schedules: mutated schedule files through ``samepage explore SEED --replay FILE``;
 * traces: mutated conformance traces through ``samepage compare SCENARIO --against FILE``;
+* profiles: mutated CPU cost profiles (src/samepage/data/costs-default.toml) through
+  ``samepage run OK --costs FILE``;
 * commands: misuse of the command line (missing and wrong arguments and options, directories,
   /dev/null, nonexistent and unreadable files, ``--save`` onto inputs, ``| head -1``);
 * regressions: the reproducer of every failure class found so far (tests/fuzz/regressions.py).
@@ -43,7 +45,8 @@ from tests.fuzz import strategies as S  # noqa: E402
 from tests.fuzz.regressions import regression_cases, schedule_base, small, trace_pair  # noqa: E402
 from tests.fuzz.runner import GOOD, TIMEOUT_S, Case, Outcome, differential, run_cases  # noqa: E402
 
-SOURCES = ("scenarios", "schedules", "traces", "commands", "regressions")
+SOURCES = ("scenarios", "schedules", "traces", "profiles", "commands", "regressions")
+COSTS = REPO / "src" / "samepage" / "data" / "costs-default.toml"
 
 
 # ------------------------------------------------------------------------------ bad files
@@ -64,7 +67,7 @@ def scenario_cases(tmp: Path, rng: random.Random, n: int) -> list[Case]:
         p = str(d / f"{kind}-{i:05d}.toml")
         Path(p).write_bytes(data)
         cases.append(Case("scenarios", f"validate {kind}", ["validate", p], names=[p],
-                          inputs=[p]))
+                          inputs=[p], keyed=True))
     return cases
 
 
@@ -73,7 +76,8 @@ def follow_ups(case: Case, o: Outcome, tmp: Path) -> list[Case]:
     if case.source != "scenarios" or o.rc != 0:
         return []
     p = case.argv[1]
-    out = [Case("scenarios", "run", ["run", p, "-q", "--batches", "3"], names=[p], inputs=[p])]
+    out = [Case("scenarios", "run", ["run", p, "-q", "--batches", "3"], names=[p], inputs=[p],
+                keyed=True)]
     try:
         text = Path(p).read_text("utf-8")
     except (OSError, UnicodeDecodeError):
@@ -98,7 +102,7 @@ def schedule_cases(tmp: Path, rng: random.Random, n: int) -> list[Case]:
         p = str(d / f"sched-{i:05d}.json")
         Path(p).write_text(S.schedule_text(r, base), "utf-8", errors="surrogateescape")
         cases.append(Case("schedules", "explore --replay", ["explore", str(seed), "--replay", p],
-                          names=[p], inputs=[p, str(seed)], allow_found=True))
+                          names=[p], inputs=[p, str(seed)], allow_found=True, keyed=True))
     return cases
 
 
@@ -113,7 +117,36 @@ def trace_cases(tmp: Path, rng: random.Random, n: int) -> list[Case]:
         p = str(d / f"trace-{i:05d}.jsonl")
         Path(p).write_text(S.trace_text(r, lines), "utf-8", errors="surrogateescape")
         cases.append(Case("traces", "compare --against", ["compare", str(scen), "--against", p],
-                          names=[p], inputs=[p], allow_found=True))
+                          names=[p], inputs=[p], allow_found=True, keyed=True))
+    return cases
+
+
+def profile_cases(tmp: Path, rng: random.Random, n: int) -> list[Case]:
+    """Mutated CPU cost profiles (the shipped one) through ``run --costs FILE``."""
+    d = tmp / "profiles"
+    d.mkdir()
+    ok = d / "ok.toml"
+    ok.write_text(small())
+    base = COSTS.read_bytes() if COSTS.exists() else b"[costs]\nbatch = 1.0\n"
+    cases = []
+    for i in range(n):
+        r = random.Random(rng.getrandbits(64))
+        if r.random() < 0.5:
+            data = S.mutate_bytes(r, base)
+        else:
+            text = base.decode()
+            lines = text.splitlines()
+            j = r.randrange(len(lines))
+            if "=" in lines[j]:
+                k = lines[j].split("=")[0].strip()
+                lines[j] = f"{k} = {S.toml_value(S.extreme(r))}"
+            else:
+                lines.insert(j, f"{S.toml_key(S._typo(r, 'batch'))} = {S.toml_value(S.extreme(r))}")
+            data = ("\n".join(lines) + "\n").encode("utf-8", "surrogatepass")
+        p = str(d / f"costs-{i:05d}.toml")
+        Path(p).write_bytes(data)
+        cases.append(Case("profiles", "run --costs", ["run", str(ok), "-q", "--batches", "2",
+                                                      "--costs", p], names=[p], inputs=[p]))
     return cases
 
 
@@ -260,6 +293,22 @@ def command_cases(tmp: Path) -> list[Case]:
       allow_found=True)
     c("compare --against - (empty stdin)", ["compare", scen_t, "--against", "-"],
       allow_found=True)
+    # snapshots (samepage capture's files): only files, never a live process
+    npz = d / "junk.npz"
+    npz.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 8)
+    zipped = d / "empty.npz"
+    import zipfile
+    with zipfile.ZipFile(zipped, "w") as z:
+        z.writestr("tokens.npy", b"\x93NUMPY\x01\x00" + b"x" * 40)
+    for what, f in {**files, "junk.npz": str(npz), "zip of junk": str(zipped),
+                    "a scenario": okp}.items():
+        c(f"snapshot show {what}", ["snapshot", "show", f], [f])
+        c(f"snapshot show --json {what}", ["snapshot", "show", "--json", f], [f])
+    c("snapshot no args", ["snapshot"])
+    c("snapshot show no args", ["snapshot", "show"])
+    # cost profiles
+    for what, f in files.items():
+        c(f"run --costs {what}", ["run", okp, "-q", "--costs", f], [f])
     # demo
     c("demo --show-scenario", ["demo", "--show-scenario"])
     c("demo --plot into nonexistent dir", ["demo", "--plot", nodir], [nodir])
@@ -299,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenarios", type=int, default=2200, help="scenario files (default 2200)")
     ap.add_argument("--schedules", type=int, default=500, help="schedule files (default 500)")
     ap.add_argument("--traces", type=int, default=500, help="trace files (default 500)")
+    ap.add_argument("--profiles", type=int, default=200,
+                    help="cost profile files (default 200)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=TIMEOUT_S)
     ap.add_argument("-o", "--output", type=Path, help="save every case as JSON here")
@@ -314,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         cases = (scenario_cases(tmp, rng, args.scenarios)
                  + schedule_cases(tmp, rng, args.schedules)
                  + trace_cases(tmp, rng, args.traces)
+                 + profile_cases(tmp, rng, args.profiles)
                  + command_cases(tmp))
         pairs: list[list[Case]] = []
         if not args.no_regressions:
@@ -323,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
                 cases.extend(cs)
         for c in cases:
             c.timeout = args.timeout
-        n_files = args.scenarios + args.schedules + args.traces
+        n_files = args.scenarios + args.schedules + args.traces + args.profiles
         print(f"campaign seed {args.seed}: {n_files} bad files, "
               f"{sum(c.source == 'commands' for c in cases)} misuse commands, "
               f"{len(pairs)} regression reproducers; {args.jobs} jobs", file=sys.stderr)
@@ -333,8 +385,10 @@ def main(argv: list[str] | None = None) -> int:
         validated: dict[str, Outcome] = {}
 
         def progress(i: int, total: int) -> None:
-            if sys.stderr.isatty() and i % 50 == 0:
-                print(f"\r  {i}/{total} cases, {time.monotonic() - t0:.0f} s", end="",
+            tty = sys.stderr.isatty()
+            if i % (50 if tty else 500) == 0:
+                lead, end = ("\r", "") if tty else ("", "\n")
+                print(f"{lead}  {i}/{total} cases, {time.monotonic() - t0:.0f} s", end=end,
                       file=sys.stderr, flush=True)
 
         total = len(cases)

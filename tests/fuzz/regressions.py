@@ -64,13 +64,13 @@ def trace_pair() -> tuple[str, list[str]]:
 
 
 def _file_case(id_: str, argv: list[str], path: str, **kw) -> tuple[str, list[Case]]:
-    return id_, [Case("regression", id_, argv, names=[path], inputs=[path], **kw)]
+    return id_, [Case("regressions", id_, argv, names=[path], inputs=[path], keyed=True, **kw)]
 
 
 def _both(id_: str, path: str) -> tuple[str, list[Case]]:
     """validate and run (3 batches, quiet): run must not reject what validate accepted."""
-    return id_, [Case("regression", id_ + ":validate", ["validate", path], names=[path]),
-                 Case("regression", id_ + ":run", ["run", path, "-q", "--batches", "3"],
+    return id_, [Case("regressions", id_ + ":validate", ["validate", path], names=[path]),
+                 Case("regressions", id_ + ":run", ["run", path, "-q", "--batches", "3"],
                       names=[path], allow_found=False)]
 
 
@@ -145,14 +145,14 @@ def regression_cases(tmp: Path) -> list[tuple[str, list[Case]]]:
     esc = small().replace('name = "a"', 'name = "\\u001b[2J\\u001b]0;pwned\\u0007a"', 1)
     esc = esc.replace('name = "small"', 'name = "\\u001b[31mred\\u202e"')
     p = _w(tmp, "escape-names.toml", esc)
-    out.append(("escape-in-names-run", [Case("regression", "escape-in-names-run",
+    out.append(("escape-in-names-run", [Case("regressions", "escape-in-names-run",
                                              ["run", p, "--batches", "2"], names=[p])]))
     bad = esc.replace("pages = 16", "pages = 0", 1)
     p = _w(tmp, "escape-names-bad.toml", bad)
-    out.append(("escape-in-names-error", [Case("regression", "escape-in-names-error",
+    out.append(("escape-in-names-error", [Case("regressions", "escape-in-names-error",
                                                ["run", p], names=[p])]))
     ghost = str(tmp / "no\x1b[2Jsuch.toml")
-    out.append(("escape-in-file-name", [Case("regression", "escape-in-file-name",
+    out.append(("escape-in-file-name", [Case("regressions", "escape-in-file-name",
                                              ["validate", ghost])]))
     out.append(("escape-in-event-key", [Case(
         "regression", "escape-in-event-key",
@@ -235,12 +235,12 @@ def regression_cases(tmp: Path) -> list[tuple[str, list[Case]]]:
         "usage-compare-no-args": ["compare"],
         "usage-validate-no-args": ["validate"],
     }.items():
-        out.append((id_, [Case("regression", id_, argv)]))
+        out.append((id_, [Case("regressions", id_, argv)]))
 
     # | head -1: a closed stdout is a quiet exit (validate prints > 64 KiB, so EPIPE is certain)
     many = ["validate"] + [ok] * 3000
-    out.append(("validate-head-1", [Case("regression", "validate-head-1", many, head=True)]))
-    out.append(("run-json-head-1", [Case("regression", "run-json-head-1",
+    out.append(("validate-head-1", [Case("regressions", "validate-head-1", many, head=True)]))
+    out.append(("run-json-head-1", [Case("regressions", "run-json-head-1",
                                          ["run", ok, "--json", "--batches", "2000"],
                                          head=True)]))
     return out

@@ -14,7 +14,8 @@ Outcomes (``Outcome.kind``):
   compare differs, explore found a report, run --sanitize found a bug).
 * bad: ``traceback``, ``internal-error`` (a bug reported as ``samepage: internal error``),
   ``multiline`` (exit 2 with more or other stderr lines), ``unnamed``
-  (exit 2, one line that does not name the file), ``exit-N`` (any other exit status),
+  (exit 2, one line that does not name the file), ``no-key`` (an input file's error without
+  the ``FILE: KEY: message`` form), ``exit-N`` (any other exit status),
   ``hang`` (killed after the timeout), ``memory`` (peak RSS over the limit, or MemoryError),
   ``control-chars`` (terminal control characters in the output: escape sequences from the
   input reaching a terminal), ``broken-pipe`` (``| head -1``: a closed stdout is not a quiet
@@ -51,7 +52,7 @@ _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
 class Case:
     """One command to run.  ``names``: strings (file paths as given) one of which the error
     line must contain; ``inputs``: files that must be unchanged afterwards; ``allow_found``:
-    exit 1 is a documented outcome; ``head``: stdout is a pipe closed after its first line."""
+    exit 1 is a documented outcome; ``keyed``: the error line must read ``FILE: KEY: message``; ``head``: stdout is a pipe closed after its first line."""
 
     source: str
     label: str
@@ -59,6 +60,7 @@ class Case:
     names: list[str] = field(default_factory=list)
     inputs: list[str] = field(default_factory=list)
     allow_found: bool = False
+    keyed: bool = False
     head: bool = False
     cwd: str | None = None
     timeout: float = TIMEOUT_S
@@ -328,6 +330,10 @@ def classify(case: Case, o: Outcome, exc: str, hung: bool,
                 where += "\n" + o.stdout
             if not any(n in where for n in case.names):
                 return "unnamed", line[:200]
+            # an input file's error: FILE: KEY: message (KEY: a key path, (toml), line N, ...)
+            if case.keyed and not any(re.search(re.escape(n) + r": [^ ].*?: \S", where)
+                                      for n in case.names):
+                return "no-key", line[:200]
         return "error", ""
     return f"exit-{o.rc}", " | ".join(err_lines)[:200]
 
