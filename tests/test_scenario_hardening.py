@@ -192,7 +192,10 @@ def test_memory_estimate_grows_with_pages_regions_processes_and_forks():
                                               + limits.MODEL_BYTES_PER_PROCESS)
 
 
-def test_estimate_work():
+def test_estimate_work(monkeypatch):
+    # big scenarios below: the machine's (shared, moving) free memory must not matter
+    monkeypatch.setattr(limits, "mem_available", lambda: 10**15)
+    monkeypatch.setattr(limits, "address_space_limit", lambda: None)
     sc = load_scenario_text(PROC + run_(10))
     # 40 pages at set-up; each batch visits at most the 40 mapped pages (pages_to_scan 50)
     assert estimate_work(sc) == 40 + 10 * 41
