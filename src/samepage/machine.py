@@ -62,7 +62,7 @@ def _api(fn):
     @functools.wraps(fn)
     def wrapper(self, *args, **kw):
         machine = self.machine if isinstance(self, Process) else self
-        machine.ksm.ff_invalidate()          # an event: no scan profile holds any more
+        machine.ksm.ff_invalidate()          # an event (materialised first): no profile holds
         san = machine.sanitizer
         if san is None:
             return fn(self, *args, **kw)
@@ -225,12 +225,13 @@ class Machine:
         default: the shipped profile); ``fast_forward``: replay quiescent full scans in bulk
         (samepage.ksm.fastforward; every counter as if they ran; default on unless the
         environment variable SAMEPAGE_FAST_FORWARD is 0)."""
-        self.mem = Memory(numa_nodes)
-        self.mem.thp.enabled = thp
-        self.mem.thp.enable_mthp_kb(mthp_kb)
-        self.mem.thp.split_zero_remap = split_zero_remap
-        self.ksm = Ksm(self.mem, costs)
-        self.ksm.set_same_folio_strategy(same_folio)
+        self._ff_pending = None       # (profile, next batch, state at the scan's start)
+        self._mem = Memory(numa_nodes)
+        self._mem.thp.enabled = thp
+        self._mem.thp.enable_mthp_kb(mthp_kb)
+        self._mem.thp.split_zero_remap = split_zero_remap
+        self._ksm = Ksm(self._mem, costs)
+        self._ksm.set_same_folio_strategy(same_folio)
         self.processes: dict[str, Process] = {}
         self.batches = 0
         self.t0_ns = 0
@@ -241,6 +242,20 @@ class Machine:
         if sanitize:
             from samepage.sanitizer import Sanitizer
             self.sanitizer = Sanitizer().attach(self)
+
+    @property
+    def ksm(self) -> Ksm:
+        """KSM's state (a fast-forward stopped inside a scan is materialised first)."""
+        if self._ff_pending is not None:
+            self._ff_sync()
+        return self._ksm
+
+    @property
+    def mem(self) -> Memory:
+        """Physical memory (as ``ksm``: the real state)."""
+        if self._ff_pending is not None:
+            self._ff_sync()
+        return self._mem
 
     # -- processes --------------------------------------------------------------------------
     @_api
@@ -263,22 +278,22 @@ class Machine:
     # -- sysfs ------------------------------------------------------------------------------
     @_api
     def sysfs_write(self, name: str, value) -> None:
-        was_running = self.ksm.ksmd_should_run()
-        sysfs_write(self.ksm, name, value)
+        was_running = self._ksm.ksmd_should_run()
+        sysfs_write(self._ksm, name, value)
         if name == "run" and int(str(value)) == 1 and not was_running and not self.batches:
-            self.t0_ns = self.ksm.clock_ns         # t_ms counts from the first run = 1
+            self.t0_ns = self._ksm.clock_ns        # t_ms counts from the first run = 1
 
     def sysfs_read(self, name: str) -> int | str:
         if name == "advisor_mode":
-            return sysfs_read(self.ksm, name)
-        return sysfs_read_int(self.ksm, name)
+            return sysfs_read(self._ksm, name)
+        return sysfs_read_int(self._ksm, name)        # counters are exact while fast-forwarding
 
     def counters(self) -> dict:
-        return self.ksm.counters()
+        return self._ksm.counters()
 
     @property
     def vmstat(self) -> dict:
-        return dict(self.mem.vmstat)
+        return dict(self._mem.vmstat)
 
     # -- ksmd -------------------------------------------------------------------------------
     def run_batch(self) -> BatchResult | None:
@@ -287,19 +302,15 @@ class Machine:
         if self.sanitizer is not None:
             return self.sanitizer.api(self, "ksmd", f"batch {self.batches + 1}",
                                       self._run_batch)
-        prof = self._ff_profile()
-        if prof is not None and len(prof.batches) == 1:
-            out: list[BatchResult] = []
-            if fastforward.replay_scans(self.ksm, prof, 1, 1, self._ff_emitter(out)):
-                return out[0]
+        if self.fast_forward:
+            r = self._ff_batch()
+            if r is not None:
+                return r
         return self._run_batch()
 
-    def _ff_profile(self):
-        """The profile of a clean scan that may be replayed now, or None."""
-        if not self.fast_forward or self.sanitizer is not None:
-            return None
-        return self.ksm.ff_profile
-
+    # fast-forward (samepage.ksm.fastforward): a clean full scan's profile is replayed batch
+    # by batch; a replay stopped inside a scan leaves the real state at the scan's start
+    # until something looks at it (``ksm``, ``mem``, an API call, a real batch)
     def _ff_emitter(self, out: list):
         def emit(start_ns: int, pages: int, cpu: float, ops: list[int]) -> None:
             self.batches += 1
@@ -307,8 +318,66 @@ class Machine:
                                    cpu / 1e6, ops))
         return emit
 
+    def _ff_snapshot(self) -> tuple:
+        k = self._ksm
+        return (k.ksm_pages_scanned, list(k.ops), k.clock_ns, k._cpu_ns_base,
+                getattr(k, "_batch_cpu_start", None), dict(k.advisor_ctx),
+                k.ksm_thread_pages_to_scan, k.ksm_scan.seqnr, k.ksm_pages_unshared,
+                k.current_item, self.batches)
+
+    def _ff_restore(self, snap: tuple) -> None:
+        k = self._ksm
+        (k.ksm_pages_scanned, ops, k.clock_ns, k._cpu_ns_base, bcs, advisor_ctx,
+         k.ksm_thread_pages_to_scan, k.ksm_scan.seqnr, k.ksm_pages_unshared,
+         k.current_item, self.batches) = snap
+        k.ops[:] = ops
+        k.advisor_ctx = dict(advisor_ctx)
+        if bcs is not None:
+            k._batch_cpu_start = bcs
+
+    def _ff_batch(self) -> BatchResult | None:
+        """The next batch replayed from a scan profile, or None if it must run for real."""
+        ksm = self._ksm
+        out: list[BatchResult] = []
+        pend = self._ff_pending
+        if pend is not None:
+            prof, j, snap = pend
+            fastforward.replay_batch(ksm, prof, j, self._ff_emitter(out))
+            if j + 1 < len(prof.batches):
+                self._ff_pending = (prof, j + 1, snap)
+            else:
+                self._ff_pending = None
+                fastforward.materialise(ksm, prof)
+            return out[0]
+        prof = ksm.ff_profile
+        if prof is None or not fastforward.can_replay(ksm, prof) \
+                or not fastforward.scan_may_start(ksm, prof):
+            return None
+        if len(prof.batches) > 1:
+            self._ff_pending = (prof, 1, self._ff_snapshot())
+        fastforward.replay_batch(ksm, prof, 0, self._ff_emitter(out))
+        if len(prof.batches) == 1:
+            fastforward.materialise(ksm, prof)
+        return out[0]
+
+    def _ff_sync(self) -> None:
+        """Materialise a replay stopped inside a scan: back to the scan's start, then its
+        first batches for real (deterministic: they end where the replay did)."""
+        prof, j, snap = self._ff_pending
+        self._ff_pending = None
+        virtual = self._ff_snapshot()
+        self._ff_restore(snap)
+        self._ksm.ff_profile = None
+        for _ in range(j):
+            self._run_batch()
+        real = self._ff_snapshot()
+        if real[:-2] != virtual[:-2] or real[-1] != virtual[-1]:
+            raise AssertionError(f"fast-forward diverged from the real scan: {virtual} != {real}")
+
     def _run_batch(self) -> BatchResult | None:
-        ksm = self.ksm
+        if self._ff_pending is not None:
+            self._ff_sync()
+        ksm = self._ksm
         if not ksm.ksmd_should_run():
             return None
         ksm.ff_profile = None
@@ -329,7 +398,7 @@ class Machine:
         ksm._batch_cpu_start = ksm.cpu_ns
         ksm.clock_ns += int(cpu)
         if rec is not None and ksm.ff_recorder is rec:
-            rec.add_batch(ops, ksm.ksm_pages_scanned - before, int(cpu))
+            rec.add_batch(ops, ksm.ksm_pages_scanned - before, int(cpu), ksm.ksm_pages_unshared)
             if ksm.ksm_scan.seqnr != seqnr:
                 ksm.ff_recorder = None
                 ksm.ff_profile = rec.finish(ksm)
@@ -341,13 +410,8 @@ class Machine:
         return res
 
     def run_batches(self, n: int) -> list[BatchResult]:
-        out: list[BatchResult] = []
-        emit = self._ff_emitter(out)
-        while len(out) < n:
-            prof = self._ff_profile()
-            if prof is not None and fastforward.replay_scans(self.ksm, prof, n, n - len(out),
-                                                             emit):
-                continue
+        out = []
+        for _ in range(n):
             r = self.run_batch()
             if r is None:
                 break
@@ -356,14 +420,16 @@ class Machine:
 
     def run_full_scans(self, n: int = 1, max_batches: int = 10_000_000) -> int:
         """Run batches until ``full_scans`` has advanced by ``n``; returns batches run."""
-        target = self.ksm.ksm_scan.seqnr + n
+        ksm = self._ksm
+        target = ksm.ksm_scan.seqnr + n
         count = 0
-        while self.ksm.ksm_scan.seqnr < target and count < max_batches:
-            prof = self._ff_profile()
-            if prof is not None:
-                k = fastforward.replay_scans(self.ksm, prof, target - self.ksm.ksm_scan.seqnr,
+        while ksm.ksm_scan.seqnr < target and count < max_batches:
+            prof = ksm.ff_profile
+            if self.fast_forward and self._ff_pending is None and prof is not None \
+                    and self.sanitizer is None:
+                k = fastforward.replay_scans(ksm, prof, target - ksm.ksm_scan.seqnr,
                                              max_batches - count)
-                if k:
+                if k:                              # whole scans at once, no records
                     self.batches += k
                     count += k
                     continue

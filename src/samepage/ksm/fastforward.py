@@ -20,8 +20,9 @@ batch, provided that
     and the sysfs stores call ``Ksm.ff_invalidate``; a replay also checks the tunables and
     the global counters against the profile);
   * the clock cannot change the outcome: a stable_node_chain is pruned when
-    ``stable_node_chains_prune_millisecs`` have passed, so a scan that walked chains is
-    replayed only while every batch of it starts before the earliest chain's deadline;
+    ``stable_node_chains_prune_millisecs`` have passed, so a scan whose stable-tree
+    searches walked chains is replayed only while every batch of it starts before the
+    earliest deadline of those chains;
   * pages_to_scan does not change: the scan-time advisor runs (for real, with the exact
     clock and CPU time) at each replayed scan's start and wrap, and the replay stops after
     a wrap that changed pages_to_scan.
@@ -38,12 +39,12 @@ state; the fast path is off with the sanitizer or a preemption hook set).
 
 from __future__ import annotations
 
-from .opcounts import (OP_BATCH, OP_CHAIN_DUP, OP_COW_BREAK, OP_MEMCMP_MERGE, OP_MERGE_KSM,
+from .opcounts import (OP_BATCH, OP_COW_BREAK, OP_MEMCMP_MERGE, OP_MERGE_KSM,
                        OP_MERGE_ONE, OP_MERGE_PAIR, OP_MERGE_ZERO, OP_RMAP_ALLOC,
                        OP_RMAP_FREE, OP_SKIP, OP_SPLIT, OP_STABLE_NODE_FREE,
                        OP_STABLE_NODE_NEW)
 from .rbtree import rb_inorder
-from .structs import SEQNR_MASK, STABLE_NODE_CHAIN, UNSTABLE_FLAG
+from .structs import SEQNR_MASK, UNSTABLE_FLAG
 
 #: operation kinds that only a state-changing scan does
 STATE_OPS = (OP_MEMCMP_MERGE, OP_MERGE_ONE, OP_MERGE_KSM, OP_MERGE_PAIR, OP_MERGE_ZERO,
@@ -84,10 +85,11 @@ class ScanRecorder:
         ksm.ff_removed = 0
         ksm.ff_reinserted = 0
         ksm.ff_reinsert = None
+        ksm.ff_prune_deadline = 1 << 62
 
-    def add_batch(self, ops: list[int], pages: int, cpu_int: int) -> None:
+    def add_batch(self, ops: list[int], pages: int, cpu_int: int, unshared: int) -> None:
         nz = tuple((i, d) for i, d in enumerate(ops) if d)
-        self.batches.append((nz, pages, cpu_int))
+        self.batches.append((nz, pages, cpu_int, unshared))
 
     def finish(self, ksm) -> "ScanProfile | None":
         """The profile of the scan that just wrapped, or None if it was not clean."""
@@ -113,7 +115,8 @@ class ScanProfile:
                  "batch_mark")
 
     def __init__(self, ksm, rec: ScanRecorder):
-        self.batches = [(nz, pages) for nz, pages, _ in rec.batches]
+        # per batch: (non-zero op counts, pages, pages_unshared after it)
+        self.batches = [(nz, pages, unshared) for nz, pages, _, unshared in rec.batches]
         first = rec.batches[0][0]
         base = dict(first)
         # ops of the first batch counted before advisor_start_scan (ksmd's wake-up, the
@@ -130,26 +133,15 @@ class ScanProfile:
                                for it in rb_inorder(ksm.root_unstable_tree[nid])]
         assert len(self.unstable_items) == ksm.ksm_pages_unshared
         assert all(it.address & UNSTABLE_FLAG for it in self.unstable_items)
-        # a scan that walked stable_node_chains depends on their prune deadlines
-        self.deadline_ms = None
-        if any(nz_get(nz, OP_CHAIN_DUP) for nz, _ in self.batches):
-            times = [n.chain_prune_time for root in ksm.root_stable_tree
-                     for n in rb_inorder(root) if n.rmap_hlist_len == STABLE_NODE_CHAIN]
-            if times:
-                self.deadline_ms = min(times) + ksm.ksm_stable_node_chains_prune_millisecs
+        # a scan that walked stable_node_chains (stable_tree_search) depends on their prune
+        # deadlines: the engine kept the earliest of those it walked
+        self.deadline_ms = ksm.ff_prune_deadline if ksm.ff_prune_deadline < 1 << 62 else None
         # an upper bound of (start of the scan's last batch) - (start of its first)
         sleep = ksm.costs.ksmd_sleep_ns(ksm.ksm_thread_sleep_millisecs)
-        self.span_ns = sum(c + 2 + sleep for _, _, c in rec.batches[:-1])
+        self.span_ns = sum(c + 2 + sleep for _, _, c, _ in rec.batches[:-1])
         self.current_item = ksm.current_item
         self.next_seqnr = ksm.ksm_scan.seqnr
         self.batch_mark = ksm.ops[OP_BATCH]
-
-
-def nz_get(nz, k: int) -> int:
-    for i, d in nz:
-        if i == k:
-            return d
-    return 0
 
 
 def can_replay(ksm, prof: ScanProfile) -> bool:
@@ -163,52 +155,59 @@ def can_replay(ksm, prof: ScanProfile) -> bool:
             and dict(ksm.mem.vmstat) == prof.vmstat)
 
 
+def scan_may_start(ksm, prof: ScanProfile) -> bool:
+    """A replayed scan may start now: no chain comes due for pruning before its last batch."""
+    d = prof.deadline_ms
+    return d is None or (ksm.clock_ns + prof.span_ns) // 1_000_000 < d
+
+
+def replay_batch(ksm, prof: ScanProfile, j: int, emit=None) -> None:
+    """Batch ``j`` of a replayed scan: the counters, CPU time and clock as the real batch
+    leaves them (the same expressions as Machine._run_batch); ``emit(start_ns, pages,
+    cpu_ns, ops)`` gets the batch record when given."""
+    nz, pages, unshared = prof.batches[j]
+    ops = ksm.ops
+    advisor = ksm.ksm_advisor != "none"
+    start_ns = ksm.clock_ns
+    cpu0 = ksm.cpu_ns
+    ksm._batch_cpu_start = cpu0
+    if j == 0 and advisor:
+        for i, d in prof.start_delta:
+            ops[i] += d
+        ksm.advisor_start_scan()
+        for i, d in prof.start_delta:
+            ops[i] -= d
+    for i, d in nz:
+        ops[i] += d
+    ksm.ksm_pages_scanned += pages
+    ksm.ksm_pages_unshared = unshared
+    if j == len(prof.batches) - 1:
+        if advisor:
+            ksm.advisor_stop_scan()
+        ksm.ksm_scan.seqnr += 1
+    cpu = ksm.cpu_ns - cpu0
+    ksm._batch_cpu_start = ksm.cpu_ns
+    ksm.clock_ns += int(cpu)
+    if emit is not None:
+        delta = [0] * len(ops)
+        for i, d in nz:
+            delta[i] = d
+        emit(start_ns, pages, cpu, delta)
+    ksm.clock_ns += ksm.costs.ksmd_sleep_ns(ksm.ksm_thread_sleep_millisecs)
+
+
 def replay_scans(ksm, prof: ScanProfile, max_scans: int, max_batches: int, emit=None) -> int:
-    """Replay up to ``max_scans`` whole scans of ``prof`` within ``max_batches`` batches;
-    ``emit(start_ns, pages, cpu_ns, ops)`` is called per batch when given.  Returns the
-    number of batches replayed (0: none could be)."""
+    """Replay up to ``max_scans`` whole scans of ``prof`` within ``max_batches`` batches,
+    from a scan boundary to a scan boundary.  Returns the number of batches replayed (0:
+    none could be)."""
     if not can_replay(ksm, prof):
         return 0
-    batches = prof.batches
-    nb = len(batches)
-    last = nb - 1
-    ops = ksm.ops
-    scan = ksm.ksm_scan
-    sleep = ksm.costs.ksmd_sleep_ns(ksm.ksm_thread_sleep_millisecs)
-    advisor = ksm.ksm_advisor != "none"
-    deadline = prof.deadline_ms
+    nb = len(prof.batches)
     done = 0
     scans = 0
-    while scans < max_scans and done + nb <= max_batches:
-        if deadline is not None and (ksm.clock_ns + prof.span_ns) // 1_000_000 >= deadline:
-            break
+    while scans < max_scans and done + nb <= max_batches and scan_may_start(ksm, prof):
         for j in range(nb):
-            nz, pages = batches[j]
-            start_ns = ksm.clock_ns
-            cpu0 = ksm.cpu_ns
-            ksm._batch_cpu_start = cpu0
-            if j == 0 and advisor:
-                for i, d in prof.start_delta:
-                    ops[i] += d
-                ksm.advisor_start_scan()
-                for i, d in prof.start_delta:
-                    ops[i] -= d
-            for i, d in nz:
-                ops[i] += d
-            ksm.ksm_pages_scanned += pages
-            if j == last:
-                if advisor:
-                    ksm.advisor_stop_scan()
-                scan.seqnr += 1
-            cpu = ksm.cpu_ns - cpu0
-            ksm._batch_cpu_start = ksm.cpu_ns
-            ksm.clock_ns += int(cpu)
-            if emit is not None:
-                delta = [0] * len(ops)
-                for i, d in nz:
-                    delta[i] = d
-                emit(start_ns, pages, cpu, delta)
-            ksm.clock_ns += sleep
+            replay_batch(ksm, prof, j, emit)
         done += nb
         scans += 1
         if ksm.ksm_thread_pages_to_scan != prof.pages_to_scan:

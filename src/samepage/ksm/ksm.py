@@ -131,6 +131,7 @@ class Ksm(KsmHooks):
         self.ff_removed = 0
         self.ff_reinserted = 0
         self.ff_reinsert = None
+        self.ff_prune_deadline = 1 << 62
         self.ff_recorder = None
         self.ff_profile = None
 
@@ -483,7 +484,10 @@ class Ksm(KsmHooks):
         if the chain collapsed, the dup that replaced it."""
         mem = self.mem
         now = self.jiffies_ms()
-        if not prune or now < chain.chain_prune_time + self.ksm_stable_node_chains_prune_millisecs:
+        due = chain.chain_prune_time + self.ksm_stable_node_chains_prune_millisecs
+        if not prune or now < due:
+            if prune and due < self.ff_prune_deadline:
+                self.ff_prune_deadline = due         # a replayed scan must end before it
             prune = False
         else:
             chain.chain_prune_time = now
