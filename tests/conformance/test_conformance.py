@@ -253,8 +253,10 @@ def test_spec12_coverage_is_complete():
             assert name in NAMES, f"spec 12.{item}: no scenario {name!r}"
 
 
+@pytest.mark.parametrize("fast_forward", ["1", "0"], ids=["ff", "no-ff"])
 @pytest.mark.parametrize("name", list(_params(NAMES)))
-def test_model_reproduces_kernel_trace(name):
+def test_model_reproduces_kernel_trace(name, fast_forward, monkeypatch):
+    monkeypatch.setenv("SAMEPAGE_FAST_FORWARD", fast_forward)   # samepage.ksm.fastforward
     toml, trace = _paths(name)
     kernel_batches, kernel_final = read_trace(trace)
     model = run_scenario_on_model(load_scenario(toml), batches=len(kernel_batches))
