@@ -409,3 +409,21 @@ def test_replay_needs_the_state_it_was_recorded_from():
     m.ksm.ksm_pages_shared -= 1
     p.write("ram", [0], 5)                          # an event drops the profile
     assert m.ksm.ff_profile is None
+
+
+def test_cli_no_fast_forward(monkeypatch):
+    from typer.testing import CliRunner
+
+    from samepage.cli.main import app
+    toml = str(Path(__file__).parent / "conformance" / "scenarios" / "kst_Z1_512.toml")
+    replayed = []
+    orig = fastforward.replay_batch
+    monkeypatch.setattr(fastforward, "replay_batch",
+                        lambda *a, **k: (replayed.append(1), orig(*a, **k))[1])
+    monkeypatch.setenv("SAMEPAGE_FAST_FORWARD", "1")     # restored after the test
+    r1 = CliRunner().invoke(app, ["run", toml, "--json"])
+    n_on = len(replayed)
+    r2 = CliRunner().invoke(app, ["run", toml, "--json", "--no-fast-forward"])
+    assert r1.exit_code == 0 and r2.exit_code == 0, (r1.output, r2.output)
+    assert r1.output == r2.output
+    assert n_on > 0 and len(replayed) == n_on            # the second run replayed nothing

@@ -249,8 +249,15 @@ def run(
         "--costs", metavar="COSTS.toml", dir_okay=False,
         help="ksmd's CPU cost profile (from samepage kernel calibrate) instead of the "
              "scenario's [model] costs or the shipped one.")] = None,
+    fast_forward: Annotated[bool, typer.Option(
+        "--fast-forward/--no-fast-forward",
+        help="Replay full scans that provably repeat instead of redoing them (every "
+             "counter identical; default on; SAMEPAGE_FAST_FORWARD=0 also turns it off).")
+    ] = True,
 ) -> None:
     """Run a scenario on the model and print the KSM counters after every ksmd batch."""
+    if not fast_forward:
+        os.environ["SAMEPAGE_FAST_FORWARD"] = "0"    # read by every Machine made below
     sc = load(scenario)
     if costs is not None:
         from samepage.ksm.costs import CostProfileError, load_profile
