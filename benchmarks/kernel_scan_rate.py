@@ -402,6 +402,9 @@ def main() -> int:
     ap.add_argument("--pages", type=int, default=262_144)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-json", action="store_true", help=f"do not write {FIGURES.name}")
+    ap.add_argument("--figures", type=Path, default=FIGURES, metavar="FILE.json",
+                    help=f"write the figures there instead of {FIGURES.name} "
+                         "(benchmarks/scan_rate.py --against-kernel)")
     ap.add_argument("--lock-timeout", type=float, default=1800.0,
                     help="seconds to wait for the KSM lock (default 1800)")
     args = ap.parse_args()
@@ -509,8 +512,8 @@ def main() -> int:
         out = {"measured": measured,
                "order0": {ph: round(med["order0"][ph]) for ph in PHASES},
                "thp": {ph: round(med["thp"][ph]) for ph in PHASES}}
-        FIGURES.write_text(json.dumps(out, indent=2) + "\n")
-        print(f"  wrote {FIGURES}")
+        args.figures.write_text(json.dumps(out, indent=2) + "\n")
+        print(f"  wrote {args.figures}")
     return 0
 
 

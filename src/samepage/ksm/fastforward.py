@@ -44,7 +44,7 @@ from .opcounts import (OP_BATCH, OP_COW_BREAK, OP_MEMCMP_MERGE, OP_MERGE_KSM,
                        OP_RMAP_FREE, OP_SKIP, OP_SPLIT, OP_STABLE_NODE_FREE,
                        OP_STABLE_NODE_NEW)
 from .rbtree import rb_inorder
-from .structs import SEQNR_MASK, UNSTABLE_FLAG
+from .structs import SEQNR_MASK
 
 #: operation kinds that only a state-changing scan does
 STATE_OPS = (OP_MEMCMP_MERGE, OP_MERGE_ONE, OP_MERGE_KSM, OP_MERGE_PAIR, OP_MERGE_ZERO,
@@ -111,7 +111,7 @@ class ScanProfile:
     """A clean full scan, ready to be replayed from the next scan boundary."""
 
     __slots__ = ("batches", "start_delta", "pages_to_scan", "tunables", "state", "vmstat",
-                 "unstable_items", "deadline_ms", "span_ns", "current_item", "next_seqnr",
+                 "deadline_ms", "span_ns", "current_item", "next_seqnr",
                  "batch_mark")
 
     def __init__(self, ksm, rec: ScanRecorder):
@@ -128,11 +128,6 @@ class ScanProfile:
         self.tunables = rec.tunables
         self.state = rec.state
         self.vmstat = rec.vmstat
-        # the items the scan left in the unstable tree(s): their seqnr bits are clock-like
-        self.unstable_items = [it for nid in range(ksm.ksm_nr_node_ids)
-                               for it in rb_inorder(ksm.root_unstable_tree[nid])]
-        assert len(self.unstable_items) == ksm.ksm_pages_unshared
-        assert all(it.address & UNSTABLE_FLAG for it in self.unstable_items)
         # a scan that walked stable_node_chains (stable_tree_search) depends on their prune
         # deadlines: the engine kept the earliest of those it walked
         self.deadline_ms = ksm.ff_prune_deadline if ksm.ff_prune_deadline < 1 << 62 else None
@@ -218,12 +213,14 @@ def replay_scans(ksm, prof: ScanProfile, max_scans: int, max_batches: int, emit=
 
 
 def materialise(ksm, prof: ScanProfile) -> None:
-    """Make the real state that of the scan boundary reached: the unstable items carry the
-    seqnr of the scan that inserted them."""
+    """Make the real state that of the scan boundary reached: the items in the unstable
+    tree (the recorded scan's, rebuilt identically by every replayed one) carry the seqnr
+    of the scan that inserted them."""
     seq = (ksm.ksm_scan.seqnr - 1) & SEQNR_MASK
     keep = ~SEQNR_MASK
-    for it in prof.unstable_items:
-        it.address = (it.address & keep) | seq
+    for nid in range(ksm.ksm_nr_node_ids):
+        for it in rb_inorder(ksm.root_unstable_tree[nid]):
+            it.address = (it.address & keep) | seq
     ksm.current_item = prof.current_item
     prof.next_seqnr = ksm.ksm_scan.seqnr
     prof.batch_mark = ksm.ops[OP_BATCH]
