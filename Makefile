@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench fuzz clean
+.PHONY: demo test install build bench fuzz clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -12,20 +12,27 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)
+# The build step: Cython compiles the modules listed in setup.py in place (a no-op when they
+# are up to date; an extension older than its source is never imported).  SAMEPAGE_PURE=1
+# runs the .py sources.
+build: $(STAMP)
+	$(PY) setup.py -q build_ext --inplace
+
+demo: build
 	$(VENV)/bin/samepage demo
 
-test: $(STAMP)
+test: build
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
+bench: build
 	$(PY) benchmarks/scan_rate.py
 
 # The fuzzer: the long hypothesis profile, then the bad-input campaign (details in FUZZ_OUT).
 FUZZ_OUT ?= $(or $(TMPDIR),/tmp)/samepage-fuzz.json
-fuzz: $(STAMP)
+fuzz: build
 	HYPOTHESIS_PROFILE=fuzz SAMEPAGE_LIVE=0 $(PY) -m pytest -q tests/test_fuzz.py
 	$(PY) tools/fuzz_campaign.py -o $(FUZZ_OUT)
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) build src/samepage/_compiled.json
+	find src/samepage -name '*.so' -delete

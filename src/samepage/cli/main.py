@@ -150,7 +150,9 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        print(f"samepage {__version__} (model of Linux {KERNEL_RELEASE_MODELLED} KSM)")
+        import samepage
+        print(f"samepage {__version__} (model of Linux {KERNEL_RELEASE_MODELLED} KSM; "
+              f"{samepage.BUILD})")
         raise typer.Exit()
 
 
