@@ -125,7 +125,7 @@ def batch_record_with_costs(b: int, r, m: Machine) -> dict:
     from samepage.ksm.opcounts import as_dict
     rec = format_batch_record(b, r.t_ms, m.counters())
     rec["ksmd_cpu_us"] = round(r.cpu_ms * 1000, 1)
-    rec["pages_to_scan"] = m.ksm.ksm_thread_pages_to_scan
+    rec["pages_to_scan"] = m.sysfs_read("pages_to_scan")    # not m.ksm: no materialising
     rec["ops"] = as_dict(r.ops)
     return rec
 
