@@ -69,25 +69,23 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     costs = resolve_costs(a.costs)
     rows = []
-    for name, sc in workloads():
-        if a.costs is not None:
-            sc = sc.model_copy(update={"model": sc.model.model_copy(
-                update={"costs": str(Path(a.costs).resolve())})})
+    wl = workloads()
+    if a.costs is not None:
+        wl = [(name, sc.model_copy(update={"model": sc.model.model_copy(
+            update={"costs": str(Path(a.costs).resolve())})})) for name, sc in wl]
+    if a.from_dir is not None:
+        all_runs = {name: [read_trace(f)[0] for f in sorted(a.from_dir.glob(f"{name}.kernel*.jsonl"))]
+                    for name, _ in wl}
+    else:
+        # round-robin over the workloads: a change of the machine's load affects all alike
+        from samepage.kernel.calibrate import run_round_robin
+        if a.save is not None:
+            a.save.mkdir(parents=True, exist_ok=True)
+        all_runs = run_round_robin(wl, a.runs, wait=a.wait, force=False, save_traces=a.save,
+                                   progress=lambda m: print(m, file=sys.stderr, flush=True))
+    for name, sc in wl:
         model = run_scenario_on_model(sc).records
-        if a.from_dir is not None:
-            files = sorted(a.from_dir.glob(f"{name}.kernel*.jsonl"))
-            kruns = [read_trace(f)[0] for f in files]
-        else:
-            from samepage.kernel.calibrate import run_kernel
-            kruns = []
-            for r in range(a.runs):
-                print(f"{name}: kernel run {r + 1}/{a.runs}", file=sys.stderr, flush=True)
-                recs, final = run_kernel(sc, wait=a.wait, force=False)
-                kruns.append(recs)
-                if a.save is not None:
-                    a.save.mkdir(parents=True, exist_ok=True)
-                    with open(a.save / f"{name}.kernel{r + 1}.jsonl", "w") as f:
-                        f.writelines(json.dumps(x) + "\n" for x in [*recs, final])
+        kruns = all_runs[name]
         if not kruns:
             print(f"{name}: no kernel traces", file=sys.stderr)
             continue

@@ -267,35 +267,45 @@ def run_kernel(scenario: Scenario, *, wait: float, force: bool,
                             force=force)
 
 
-def calibrate(paths: Sequence[Path], *, runs: int = 3, wait: float = 0.0, force: bool = False,
-              progress: Callable[[str], None] | None = None,
-              save_traces: Path | None = None) -> Fit:
-    """Run every scenario ``runs`` times on the kernel, once on the model, and fit."""
+def run_round_robin(scenarios: Sequence[tuple[str, Scenario]], runs: int, *, wait: float,
+                    force: bool, progress: Callable[[str], None] | None = None,
+                    save_traces: Path | None = None) -> dict[str, list[list[dict]]]:
+    """Kernel runs of every scenario, ``runs`` rounds of the whole list (round-robin, so
+    that a change of the machine's load during the calibration affects every scenario alike
+    rather than all runs of one). Returns name -> the batch records of each run; a run still
+    unreliable after the retries (a busy machine) is dropped."""
     import json
 
-    from samepage.kernel import UnreliableTrace
-    data: list[ScenarioData] = []
-    for path in paths:
-        sc = load_scenario(path)
-        name = Path(path).stem
-        model = model_records(sc)
-        kruns = []
-        for r in range(runs):
+    from samepage.kernel import KsmdError, UnreliableTrace
+    out: dict[str, list[list[dict]]] = {name: [] for name, _ in scenarios}
+    for r in range(runs):
+        for name, sc in scenarios:
             if progress is not None:
-                progress(f"{name}: kernel run {r + 1}/{runs}")
+                progress(f"round {r + 1}/{runs}: {name}")
             try:
                 recs, final = run_kernel(sc, wait=wait, force=force)
-            except UnreliableTrace as e:
-                # a busy machine, even after the retries: calibrate on the other runs
+            except (UnreliableTrace, KsmdError) as e:      # a busy machine: drop the run
                 if progress is not None:
                     progress(f"{name}: kernel run {r + 1} dropped ({e})")
                 continue
-            kruns.append(recs)
+            out[name].append(recs)
             if save_traces is not None:
                 with open(Path(save_traces) / f"{name}.kernel{r + 1}.jsonl", "w") as f:
                     f.writelines(json.dumps(x) + "\n" for x in [*recs, final])
-        if kruns:
-            data.append(samples_from_traces(model, kruns, name))
+    return out
+
+
+def calibrate(paths: Sequence[Path], *, runs: int = 3, wait: float = 0.0, force: bool = False,
+              progress: Callable[[str], None] | None = None,
+              save_traces: Path | None = None) -> Fit:
+    """Run every scenario ``runs`` times on the kernel (round-robin), once on the model, and
+    fit."""
+    scenarios = [(Path(p).stem, load_scenario(p)) for p in paths]
+    models = {name: model_records(sc) for name, sc in scenarios}
+    kruns = run_round_robin(scenarios, runs, wait=wait, force=force, progress=progress,
+                            save_traces=save_traces)
+    data = [samples_from_traces(models[name], kruns[name], name)
+            for name, _ in scenarios if kruns[name]]
     costs = fit_costs(data)
     fit = Fit(costs, data)
     costs.meta = profile_meta(fit, costs.hz)
