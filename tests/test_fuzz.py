@@ -153,21 +153,18 @@ def test_mutated_traces(text):
         assert o.good, _show(case, o)
 
 
-def test_generators_are_reproducible_and_mostly_bad():
-    """Same seed, same file; and the mutators do produce files validate rejects."""
+def test_generators_are_reproducible_and_mutate():
+    """Same seed, same file; and the mutators change what the generator made.  (No parsing
+    here: a generated file may be one that makes tomllib itself run out of memory.)"""
     import random
 
     a = [S.scenario_text(random.Random(i)) for i in range(50)]
-    b = [S.scenario_text(random.Random(i)) for i in range(50)]
-    assert a == b
-    import tomllib
-    broken = 0
-    for t in a:
-        try:
-            tomllib.loads(t)
-        except Exception:
-            broken += 1
-    assert broken < 50  # mostly well-formed TOML: the mutations are structural
+    assert a == [S.scenario_text(random.Random(i)) for i in range(50)]
+    plain = [S.to_toml(S.gen_scenario(random.Random(i))) for i in range(50)]
+    assert sum(x != y for x, y in zip(a, plain)) >= 25
+    b = [S.scenario_bytes(random.Random(i)) for i in range(20)]
+    assert b == [S.scenario_bytes(random.Random(i)) for i in range(20)]
+    assert all(x not in S.corpus("scenario") for x in b)
 
 
 def test_schedule_base_matches_what_explore_saves(tmp_path):
