@@ -565,3 +565,11 @@ def test_docs_link_only_to_files_in_the_repository(doc):
         if not target.startswith(("http://", "https://")):
             assert (path.parent / target).resolve().is_relative_to(ROOT), target
             assert (path.parent / target).exists(), f"{doc} links to missing {target}"
+
+
+def test_compare_empty_trace_names_the_key(runner, tmp_path):
+    toml = ROOT / "tests" / "conformance" / "scenarios" / "identical.toml"
+    t = tmp_path / "t.jsonl"
+    t.write_text("\n")
+    assert one_error_line(runner.invoke(app, ["compare", str(toml), "--against", str(t)])) == \
+        f"samepage: error: {t}: (file): the trace has no batch record"

@@ -190,7 +190,7 @@ def compare(
         with reported_errors():
             k_records, k_final = read_trace(against)
         if not k_records:
-            error_exit(f"{against}: the trace has no batch record")
+            error_exit(f"{against}: (file): the trace has no batch record")
         source = f"the kernel trace {against}"
         n = len(k_records)
     else:
