@@ -46,15 +46,16 @@ def workloads() -> list[tuple[str, object]]:
     return out
 
 
-def phase_totals(data, run: int | None) -> dict[str, float]:
-    """phase -> kernel ms of one run (None: the median of the runs' totals)."""
+def phase_totals(data, costs) -> dict[str, tuple[float, list[float]]]:
+    """phase -> (model ms, kernel ms of each run), over the batches whose counters matched
+    the model's in every run."""
     out = {}
     for ph in PHASES:
         ss = [s for s in data.samples if s.phase == ph and len(s.measured_us) == data.runs]
         if not ss:
             continue
-        totals = [sum(s.measured_us[r] for s in ss) / 1000 for r in range(data.runs)]
-        out[ph] = totals[run] if run is not None else statistics.median(totals)
+        out[ph] = (sum(costs.cpu_ns(s.ops) for s in ss) / 1e6,
+                   [sum(s.measured_us[r] for s in ss) / 1000 for r in range(data.runs)])
     return out
 
 
@@ -90,18 +91,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: no kernel traces", file=sys.stderr)
             continue
         data = samples_from_traces(model, kruns, name)
-        kmed = phase_totals(data, None)
-        per_run = [phase_totals(data, r) for r in range(data.runs)]
-        for ph, (pred, _) in data.phase_sums(costs).items():
-            if ph not in kmed:
-                continue
-            runs = [t[ph] for t in per_run]
-            spread = (max(runs) - min(runs)) / kmed[ph] if kmed[ph] > 0 else 0.0
+        for ph, (pred, runs) in phase_totals(data, costs).items():
+            kmed = statistics.median(runs)
+            spread = (max(runs) - min(runs)) / kmed if kmed > 0 else 0.0
             rows.append({"workload": name, "phase": ph, "model_ms": round(pred, 2),
-                         "kernel_ms": round(kmed[ph], 2), "ratio": round(pred / kmed[ph], 3),
+                         "kernel_ms": round(kmed, 2), "ratio": round(pred / kmed, 3),
                          "kernel_runs_ms": [round(x, 2) for x in runs],
                          "kernel_spread": round(spread, 3),
-                         "batches_left_out": data.mismatched_batches})
+                         "batches_left_out": sum(1 for s in data.samples
+                                                 if len(s.measured_us) < data.runs)
+                         + data.mismatched_batches})
     if a.json:
         print(json.dumps({"costs": costs.source, "rows": rows}, indent=1))
     else:

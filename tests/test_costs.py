@@ -17,7 +17,7 @@ from samepage.kernel.calibrate import (BatchSample, Fit, ScenarioData, fit_costs
                                        samples_from_traces)
 from samepage.ksm.costs import (CostModel, CostProfileError, default_costs, load_profile,
                                 parse_profile, write_profile)
-from samepage.ksm.opcounts import N_OPS, OP_NAMES, as_dict
+from samepage.ksm.opcounts import N_OPS, OP_NAMES, OP_VISIT, OP_VISIT_PMD, as_dict
 from samepage.scenario import load_scenario_text
 from samepage.scenario.model_runner import run_scenario_on_model
 from samepage.scenario.trace_compare import compare_traces
@@ -204,6 +204,7 @@ def test_fit_recovers_known_costs_from_synthetic_batches():
     for b in range(400):
         ops = [int(x) for x in rng.integers(0, 2000, N_OPS) * (rng.random(N_OPS) < 0.6)]
         ops[0] = 1                                            # one batch
+        ops[OP_VISIT_PMD] = min(ops[OP_VISIT_PMD], ops[OP_VISIT])   # a subset of the visits
         us = truth.cpu_ns(ops) / 1000
         noisy = [us * (1 + rng.normal(0, 2e-5)) for _ in range(3)]   # 0.002% noise
         samples.append(BatchSample(b + 1, ("first", "merging", "steady")[b % 3], ops, noisy))
@@ -310,3 +311,20 @@ def test_run_reports_cpu_per_phase(runner, tmp_path):
     for name in ("first full scan", "merging scan", "steady scans"):
         assert name in r.stdout
     assert "% of one CPU" in r.stdout
+
+
+def test_pmd_mapped_visits_are_priced_apart():
+    m = Machine(thp="madvise")
+    p = m.spawn("p")
+    r = p.mmap(1024, name="r", thp="huge")        # two PMD-mapped THPs
+    p.fill(r, [1 + (i % 7) for i in range(1024)])
+    p.madvise(r, "mergeable")
+    m.sysfs_write("pages_to_scan", 1024)
+    m.sysfs_write("run", 1)
+    ops = m.run_batch().ops
+    d = as_dict(ops)
+    assert d["visit"] == d["visit_pmd"] == 1024
+    c = default_costs()
+    # visit prices the PTE-mapped visits only: here none
+    assert c.breakdown(ops).get("visit", 0) == 0
+    assert c.breakdown(ops)["visit_pmd"] == pytest.approx(1024 * c.ns["visit_pmd"])

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from samepage.ksm.costs import CostModel
-from samepage.ksm.opcounts import N_OPS, OP_NAMES
+from samepage.ksm.opcounts import N_OPS, OP_NAMES, priced
 from samepage.scenario import Scenario, load_scenario
 from samepage.scenario.trace import COUNTER_NAMES
 
@@ -211,7 +211,7 @@ def fit_costs(data: Sequence[ScenarioData], base: CostModel | None = None,
     rows = [s for d in data for s in d.samples]
     if not rows:
         raise ValueError("no batches to fit")
-    a = np.array([s.ops for s in rows], dtype=float)
+    a = np.array([priced(s.ops) for s in rows], dtype=float)
     y = np.array([s.median_us * 1000 for s in rows])           # ns
     w = 1 / np.sqrt(y / 1000 + weight_us)
     seen = a.sum(axis=0) > 0

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from .opcounts import N_OPS, OP_NAMES
+from .opcounts import N_OPS, OP_NAMES, priced
 
 #: the name of the shipped profile in the samepage.data package
 DEFAULT_PROFILE = "costs-default.toml"
@@ -50,7 +50,7 @@ _FALLBACK_NS = {
     "memcmp_merge": 150.0, "merge_one": 1000.0, "merge_ksm": 300.0, "merge_pair": 600.0,
     "merge_zero": 300.0, "rmap_alloc": 80.0, "rmap_free": 80.0, "stable_node_new": 200.0,
     "stable_node_free": 100.0, "skip": 60.0, "split": 20000.0, "cow_break": 2000.0,
-    "scan_start": 20000.0, "unstable_insert": 100.0, "no_page": 30.0,
+    "scan_start": 20000.0, "unstable_insert": 100.0, "no_page": 30.0, "visit_pmd": 180.0,
 }
 
 
@@ -83,11 +83,12 @@ class CostModel:
     def cpu_ns(self, counts) -> float:
         """The CPU time of ``counts`` (a list indexed by the OP_* constants)."""
         v = self.vector
-        return math.fsum(c * v[i] for i, c in enumerate(counts) if c)
+        return math.fsum(c * v[i] for i, c in enumerate(priced(counts)) if c)
 
     def breakdown(self, counts) -> dict[str, float]:
         """ns spent per operation kind (non-zero ones only)."""
-        return {n: c * self.vector[i] for i, (n, c) in enumerate(zip(OP_NAMES, counts)) if c}
+        return {n: c * self.vector[i]
+                for i, (n, c) in enumerate(zip(OP_NAMES, priced(counts))) if c}
 
     def ksmd_sleep_ns(self, sleep_millisecs: int) -> int:
         """The real length of ksmd's sleep: msecs_to_jiffies rounds up to whole jiffies, and

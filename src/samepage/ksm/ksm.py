@@ -35,7 +35,8 @@ from .checksum import ZERO_CHECKSUM, calc_checksum_content
 from .costs import CostModel, resolve_costs
 from .opcounts import (OP_BATCH, OP_CHAIN_DUP, OP_CHECKSUM, OP_COW_BREAK, OP_MEMCMP_EQUAL,
                        OP_MEMCMP_MERGE, OP_MEMCMP_STABLE, OP_MEMCMP_UNSTABLE, OP_MERGE_KSM,
-                       OP_MERGE_ONE, OP_MERGE_PAIR, OP_MERGE_ZERO, OP_NO_PAGE, OP_RMAP_ALLOC, OP_RMAP_FREE,
+                       OP_MERGE_ONE, OP_MERGE_PAIR, OP_MERGE_ZERO, OP_NO_PAGE, OP_RMAP_ALLOC,
+                       OP_VISIT_PMD, OP_RMAP_FREE,
                        OP_SCAN_START, OP_SKIP, OP_SPLIT, OP_STABLE_NODE_FREE,
                        OP_STABLE_NODE_NEW, OP_UNSTABLE_INSERT, OP_VISIT, new_counts)
 from .rbtree import (RbRoot, rb_erase, rb_insert_color, rb_link_node, rb_replace_node)
@@ -792,6 +793,8 @@ class Ksm(KsmHooks):
                                     i += 1
                                     continue
                                 scan.address = addr + PAGE_SIZE
+                                if ptef[i] & PTE_PMD:
+                                    ops[OP_VISIT_PMD] += 1   # a PMD mapping: a shorter walk
                                 return item, pfn
                         else:
                             ops[OP_NO_PAGE] += 1             # folio_walk_start found none

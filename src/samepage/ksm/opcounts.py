@@ -56,15 +56,18 @@ OP_UNSTABLE_INSERT = 20
 #: addresses of a mergeable VMA walked without a page to visit (none mapped, or the zero
 #: page): ``scan_get_next_rmap_item`` still walks the page table for each
 OP_NO_PAGE = 21
+#: visits of a page mapped by a PMD (a whole THP); they are counted in ``visit`` too, but
+#: priced apart (``priced``): the kernel's page walk stops a level higher
+OP_VISIT_PMD = 22
 
 OP_NAMES: tuple[str, ...] = (
     "batch", "visit", "checksum", "memcmp_stable", "memcmp_unstable", "memcmp_equal",
     "chain_dup", "memcmp_merge", "merge_one", "merge_ksm", "merge_pair", "merge_zero",
     "rmap_alloc", "rmap_free", "stable_node_new", "stable_node_free", "skip", "split",
-    "cow_break", "scan_start", "unstable_insert", "no_page",
+    "cow_break", "scan_start", "unstable_insert", "no_page", "visit_pmd",
 )
 N_OPS = len(OP_NAMES)
-assert N_OPS == OP_NO_PAGE + 1
+assert N_OPS == OP_VISIT_PMD + 1
 
 
 def new_counts() -> list[int]:
@@ -73,6 +76,14 @@ def new_counts() -> list[int]:
 
 def diff(after: list[int], before: list[int]) -> list[int]:
     return [a - b for a, b in zip(after, before)]
+
+
+def priced(counts) -> list[int]:
+    """The counts a cost profile prices: ``visit`` without the PMD-mapped visits, which
+    ``visit_pmd`` prices (so every cost stays a non-negative cost of its own)."""
+    out = list(counts)
+    out[OP_VISIT] -= out[OP_VISIT_PMD]
+    return out
 
 
 def as_dict(counts: list[int]) -> dict[str, int]:
