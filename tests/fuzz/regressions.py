@@ -137,7 +137,7 @@ def regression_cases(tmp: Path) -> list[tuple[str, list[Case]]]:
         out.append(_both(id_, _w(tmp, id_ + ".toml", text)))
     p = _w(tmp, "thread-forks-same-child-explore.toml", both["thread-forks-same-child"])
     out.append(("explore-thread-forks-same-child", [Case(
-        "regression", "explore-thread-forks-same-child",
+        "regressions", "explore-thread-forks-same-child",
         ["explore", p, "--budget", "5", "--save", str(tmp / "tf.schedule.json")],
         names=[p], inputs=[p], allow_found=True)]))
 
@@ -155,7 +155,7 @@ def regression_cases(tmp: Path) -> list[tuple[str, list[Case]]]:
     out.append(("escape-in-file-name", [Case("regressions", "escape-in-file-name",
                                              ["validate", ghost])]))
     out.append(("escape-in-event-key", [Case(
-        "regression", "escape-in-event-key",
+        "regressions", "escape-in-event-key",
         ["validate", _w(tmp, "escape-key.toml", small(extra='[[event]]\n"\\u001b[2J" = 1\n'))],
         names=[str(tmp / "escape-key.toml")])]))
 
@@ -209,16 +209,16 @@ def regression_cases(tmp: Path) -> list[tuple[str, list[Case]]]:
     cwd = tmp / "cwd"
     cwd.mkdir(exist_ok=True)
     out.append(("explore-writes-beside", [Case(
-        "regression", "explore-writes-beside", ["explore", p, "--same-folio", "early-put"],
+        "regressions", "explore-writes-beside", ["explore", p, "--same-folio", "early-put"],
         names=[p], inputs=[p], allow_found=True, cwd=str(cwd))]))
     p = _w(tmp, "explore-save-onto.toml", SEED_SCENARIO.read_bytes())
     out.append(("explore-save-onto-scenario", [Case(
-        "regression", "explore-save-onto-scenario",
+        "regressions", "explore-save-onto-scenario",
         ["explore", p, "--same-folio", "early-put", "--save", p],
         names=[p], inputs=[p], allow_found=True)]))
     keep = _w(tmp, "keep.json", '{"precious": true}\n')
     out.append(("explore-save-overwrites", [Case(
-        "regression", "explore-save-overwrites",
+        "regressions", "explore-save-overwrites",
         ["explore", seed, "--same-folio", "early-put", "--save", keep],
         names=[keep], inputs=[keep], allow_found=True)]))
 
