@@ -160,7 +160,7 @@ def with_batches(scenario: Scenario, batches: int | None) -> Scenario:
         return scenario
     sc = scenario.model_copy(deep=True)
     sc.run = sc.run.model_copy(update={"batches": batches})
-    sc.events = [ev for ev in sc.events if ev.after_batch <= batches]
+    sc.events = [ev for ev in sc.events if ev.after_batch is None or ev.after_batch <= batches]
     return sc
 
 

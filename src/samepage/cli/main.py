@@ -566,6 +566,9 @@ def explore(
     from samepage.ksm.same_folio import STRATEGIES
 
     sc = load(scenario)
+    if sc.timed:
+        error_exit(f"{scenario}: explore runs events between batches only; at_ms events and "
+                   "[[rewrite]] (time-based dynamics) run with samepage run")
     if strategy not in ex_mod.STRATEGY_NAMES:
         error_exit(f"--strategy: unknown strategy {strategy!r} "
                    f"(one of {', '.join(ex_mod.STRATEGY_NAMES)})")

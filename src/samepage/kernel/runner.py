@@ -89,6 +89,14 @@ def check_scenario(scenario) -> None:
     ksm = _effective_ksm(scenario)
     if "run" in scenario.ksm:
         raise ValueError("[ksm] run: the harness controls run itself (set-up order)")
+    if getattr(scenario, "timed", False):
+        # the harness applies events while it sees ksmd sleep between batches; a simulated
+        # clock has no counterpart on the kernel (docs/scenario-format.md, "Time-based dynamics")
+        what = ("rewrite[0]" if scenario.rewrites else
+                f"event[{next(k for k, ev in enumerate(scenario.events) if ev.at_ms is not None)}].at_ms")
+        raise ValueError(f"{what}: time-based dynamics (at_ms events, [[rewrite]]) run on the "
+                         "model only (samepage run); the live harness applies events after "
+                         "the batches it observes (after_batch)")
     sleep = int(ksm["sleep_millisecs"])
     if sleep < MIN_SLEEP_MS:
         what = (f"sleep_millisecs = {sleep}" if "sleep_millisecs" in scenario.ksm else

@@ -38,14 +38,21 @@ def check_runnable(scenario, batches: int | None = None, filename: str | None = 
         raise ScenarioError(fname, "process", f"ksmd cannot run before batch 1: {why} at "
                             "set-up, so no mm is registered with KSM")
     run = 1
-    order = sorted(enumerate(scenario.events), key=lambda t: t[1].after_batch)
+    # at_ms events (model only) are checked as if every one of them fell within the run:
+    # a little stricter again, since the batch they follow is known only when run
+    order = sorted(enumerate(scenario.events), key=lambda t: _key(t[1]))
     i = 0
     while i < len(order):
-        b = order[i][1].after_batch
-        if b >= n:
+        key = _key(order[i][1])
+        ev0 = order[i][1]
+        if ev0.at_ms is None and key >= n:
             break
+        nxt = (f"before batch {key + 1}" if ev0.at_ms is None else
+               f"after {ev0.at_ms:g} ms")
+        until = (f"run.batches = {n}" if ev0.at_ms is None else
+                 "at_ms events are checked as if they all fall within the run")
         run_event = lost = None
-        while i < len(order) and order[i][1].after_batch == b:
+        while i < len(order) and _key(order[i][1]) == key:
             k, ev = order[i]
             i += 1
             if ev.op == "set":
@@ -60,14 +67,19 @@ def check_runnable(scenario, batches: int | None = None, filename: str | None = 
             k, ev = run_event
             raise ScenarioError(
                 fname, f"event[{k}]",
-                f"ksmd cannot run before batch {b + 1}: set run = {run} after batch {b} is not "
-                f"followed by run = 1 after the same batch, but run.batches = {n}")
+                f"ksmd cannot run {nxt}: set run = {run} {ev.when} is not followed by "
+                f"run = 1 {'after the same batch' if ev.at_ms is None else 'at the same time'}"
+                f", but {until}")
         if not mergeable:
             k, ev = lost if lost is not None else order[i - 1]
             raise ScenarioError(
                 fname, f"event[{k}]",
-                f"ksmd cannot run before batch {b + 1}: after {ev.op} of {_show(ev.process)} "
-                f"after batch {b} no process has mergeable memory left, but run.batches = {n}")
+                f"ksmd cannot run {nxt}: after {ev.op} of {_show(ev.process)} "
+                f"{ev.when} no process has mergeable memory left, but {until}")
+
+
+def _key(ev) -> float:
+    return ev.at_ms if ev.at_ms is not None else ev.after_batch
 
 
 def _apply(ev, vmas: dict[str, dict[str, bool]], merge_any: dict[str, bool]) -> int:

@@ -1,7 +1,9 @@
 """Run a scenario on the model and produce its trace (the contract's set-up order).
 
 ``iter_model_trace`` yields one batch record after each ksmd batch (events scheduled after
-that batch are applied before the next one) and finally the ``final`` record.
+that batch are applied before the next one) and finally the ``final`` record. Time-based
+dynamics (``at_ms`` events, ``[[rewrite]]``, samepage.scenario.dynamics) are applied while
+ksmd sleeps, before the first batch starting at or after their simulated time.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from samepage.machine import Machine, SyscallError
 
 from .checks import check_runnable
+from .dynamics import scenario_dynamics, sim_ms
 from .errors import ScenarioError
 from .schema import EventCfg, Scenario
 from .trace import format_batch_record, format_final_record
@@ -89,9 +92,9 @@ def _sysfs(m: Machine, name: str, value, where: str) -> None:
 
 def apply_event(m: Machine, ev: EventCfg, index: int | None = None) -> None:
     if ev.op == "set":  # a sysfs write: no process
-        _sysfs(m, ev.tunable, ev.value, f"event after batch {ev.after_batch} (set)")
+        _sysfs(m, ev.tunable, ev.value, f"event {ev.when} (set)")
         return
-    where = f"event after batch {ev.after_batch} ({ev.op} on {ev.process})"
+    where = f"event {ev.when} ({ev.op} on {ev.process})"
     p = m.processes.get(ev.process)
     if p is None or not p.alive:
         raise ScenarioRunError(f"{where}: process {ev.process!r} is not running")
@@ -144,14 +147,22 @@ def iter_model_trace(scenario: Scenario, batches: int | None = None,
     n = batches if batches is not None else scenario.run.batches
     events = scenario.sorted_events()
     ei = 0
+    dyn = scenario_dynamics(scenario, m) if scenario.timed else None
     for b in range(1, n + 1):
+        if dyn is not None:
+            # time-based dynamics: what fell due while ksmd slept, before batch b starts
+            t = sim_ms(m)
+            while ei < len(events) and events[ei].at_ms is not None and events[ei].at_ms <= t:
+                apply_event(m, events[ei])
+                ei += 1
+            dyn.advance(t)
         r = m.run_batch()
         if r is None:
             raise ScenarioRunError(
                 f"ksmd cannot run before batch {b} (run is not 1, or no mm is registered); "
                 "a scenario that stops ksmd must restart it in the same after_batch")
         yield batch_record_with_costs(b, r, m)
-        while ei < len(events) and events[ei].after_batch <= b:
+        while ei < len(events) and events[ei].at_ms is None and events[ei].after_batch <= b:
             apply_event(m, events[ei])
             ei += 1
     yield format_final_record(m.kernel_release, m.ksm_stats())

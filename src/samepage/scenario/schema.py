@@ -26,6 +26,8 @@ from .tunables import U64_MAX, TunableError, _show, check_tunable
 FILL_KINDS = ("zero", "pattern", "unique", "tokens")
 UNIQUE_BASE = 2**40
 UNIQUE_SEED_STRIDE = 10_000_000
+#: Longest simulated time (ms) a scenario may name: about 31 years, as trace t_ms.
+MAX_SIM_MS = 1e12
 
 
 def _fail(msg: str, *sub: str | int) -> None:
@@ -253,14 +255,18 @@ def _check_op_keys(obj, keys: tuple[str, ...]) -> None:
 
 
 class EventCfg(_Model):
-    """``[[event]]``: applied after batch ``after_batch`` (1-based) while ksmd sleeps.
+    """``[[event]]``: applied after batch ``after_batch`` (1-based) while ksmd sleeps, or
+    (``at_ms``, model only) at a simulated time: before the first batch that starts at or
+    after ``at_ms`` ms from ``run = 1``. Exactly one of the two; a scenario's events use one
+    clock (mixing them would leave their order unknown until run time).
 
-    Events with the same after_batch apply in file order. ``range`` is [start, stop).
+    Events with the same after_batch (at_ms) apply in file order. ``range`` is [start, stop).
     ``process`` is required for every op but ``set`` (a sysfs write belongs to no process).
     For ``set``, ``value`` is normalised (booleans become 0/1).
     """
 
-    after_batch: Annotated[int, Field(ge=1)]
+    after_batch: Annotated[int, Field(ge=1)] | None = None
+    at_ms: Annotated[float, Field(ge=0, le=MAX_SIM_MS, allow_inf_nan=False)] | None = None
     process: Name | None = None
     op: Literal["write", "zap", "mergeable", "unmergeable", "munmap", "fork", "exit", "merge_any", "set"]
     region: Name | None = None
@@ -281,6 +287,10 @@ class EventCfg(_Model):
     @model_validator(mode="after")
     def _check_op(self) -> EventCfg:
         op = self.op
+        if self.after_batch is None and self.at_ms is None:
+            _fail("missing required key (or at_ms, a simulated time, model only)", "after_batch")
+        if self.after_batch is not None and self.at_ms is not None:
+            _fail("give either after_batch or at_ms, not both", "at_ms")
         if self.process is None and op != "set":
             _fail(f"required for op '{op}'", "process")
         _check_op_keys(self, _EVENT_KEYS)
@@ -292,6 +302,13 @@ class EventCfg(_Model):
             except TunableError as e:
                 _fail(e.msg, "tunable" if e.part == "name" else "value")
         return self
+
+    @property
+    def when(self) -> str:
+        """"after batch N" or "at T ms", for messages."""
+        if self.at_ms is not None:
+            return f"at {self.at_ms:g} ms"
+        return f"after batch {self.after_batch}"
 
     def page_indices(self, n_pages: int) -> list[int]:
         """The pages this event touches: ``pages``, or ``range(start, stop)``, or the whole
@@ -307,6 +324,42 @@ class EventCfg(_Model):
         if bad:
             raise ValueError(f"page {bad[0]} is outside the region ({n_pages} pages)")
         return idx
+
+
+class RewriteCfg(_Model):
+    """``[[rewrite]]`` (model only): time-based dynamics. ``process`` rewrites pages of
+    ``region`` (``pages``, ``range``, or the whole region) over and over in simulated time:
+    ``every_ms`` rewrites every page of the set once per period (at start_ms + every_ms,
+    start_ms + 2 every_ms, ...); ``rate_per_s`` makes that many page writes per second, spread
+    evenly, round robin over the set. Each write stores ``token`` if given, else a fresh token
+    never used before (samepage.scenario.dynamics.FRESH_TOKEN_BASE upwards). Writes fall due
+    while ksmd sleeps and are applied before the next batch; they stop when the process exits
+    or the region is unmapped."""
+
+    process: Name
+    region: Name
+    pages: Annotated[list[PageIndex], Field(min_length=1)] | None = None
+    range: Annotated[list[PageIndex], Field(min_length=2, max_length=2)] | None = None
+    every_ms: Annotated[float, Field(gt=0, le=MAX_SIM_MS, allow_inf_nan=False)] | None = None
+    rate_per_s: Annotated[float, Field(gt=0, le=1e9, allow_inf_nan=False)] | None = None
+    start_ms: Annotated[float, Field(ge=0, le=MAX_SIM_MS, allow_inf_nan=False)] = 0.0
+    token: Token | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> RewriteCfg:
+        if self.every_ms is None and self.rate_per_s is None:
+            _fail("required (or rate_per_s)", "every_ms")
+        if self.every_ms is not None and self.rate_per_s is not None:
+            _fail("give either every_ms or rate_per_s, not both", "rate_per_s")
+        if self.pages is not None and self.range is not None:
+            _fail("give either pages or range, not both", "range")
+        if self.range is not None and self.range[0] >= self.range[1]:
+            _fail(f"start must be < stop (got [{self.range[0]}, {self.range[1]}])", "range")
+        return self
+
+    def page_indices(self, n_pages: int) -> list[int]:
+        """As EventCfg.page_indices (the whole region when neither pages nor range)."""
+        return EventCfg.page_indices(self, n_pages)  # type: ignore[arg-type]
 
 
 THREAD_OPS = ("write", "zap", "unmergeable", "munmap", "fork", "exit")
@@ -401,6 +454,7 @@ class Scenario(_Model):
     processes: list[ProcessCfg] = Field(default_factory=list, alias="process")
     events: list[EventCfg] = Field(default_factory=list, alias="event")
     threads: list[ThreadCfg] = Field(default_factory=list, alias="thread")
+    rewrites: list[RewriteCfg] = Field(default_factory=list, alias="rewrite")
     run: RunCfg
 
     _process_order: list[str] = PrivateAttr(default_factory=list)
@@ -424,8 +478,15 @@ class Scenario(_Model):
                       "process", i, "numa_node")
             names.add(p.name)
             regions[p.name] = {r.name: r for r in p.regions}
+        timed = [k for k, ev in enumerate(self.events) if ev.at_ms is not None]
+        if timed and len(timed) != len(self.events):
+            k = timed[0] if self.events[0].at_ms is None else \
+                next(k for k, ev in enumerate(self.events) if ev.at_ms is None)
+            key = "at_ms" if self.events[k].at_ms is not None else "after_batch"
+            _fail("a scenario's events are either all after_batch or all at_ms (the order "
+                  "of the two kinds is known only when run)", "event", k, key)
         for k, ev in enumerate(self.events):
-            if ev.after_batch > self.run.batches:
+            if ev.after_batch is not None and ev.after_batch > self.run.batches:
                 _fail(f"must be <= run.batches = {self.run.batches} (got {ev.after_batch})",
                       "event", k, "after_batch")
 
@@ -448,11 +509,11 @@ class Scenario(_Model):
             elif p not in alive:
                 if p in exited_by:
                     j = exited_by[p]
-                    msg = f"process {_show(p)} has exited (event[{j}], after batch {self.events[j].after_batch})"
+                    msg = f"process {_show(p)} has exited (event[{j}], {self.events[j].when})"
                 elif p in forked_by:
                     j = forked_by[p]
                     msg = (f"process {_show(p)} does not exist yet: event[{j}] forks it "
-                           f"after batch {self.events[j].after_batch}")
+                           f"{self.events[j].when}")
                 else:
                     msg = f"unknown process {_show(p)}"
                 _fail(msg, "event", k, "process")
@@ -500,7 +561,32 @@ class Scenario(_Model):
         self._regions = created
         self._parent = parent
         self._check_threads(names)
+        self._check_rewrites(regions)
         return self
+
+    def _check_rewrites(self, regions: dict[str, dict[str, RegionCfg]]) -> None:
+        for k, rw in enumerate(self.rewrites):
+            if self.find_process(rw.process) is None:
+                _fail(f"unknown process {_show(rw.process)} (a [[process]]; forked children "
+                      "cannot be named)", "rewrite", k, "process")
+            r = self.find_region(rw.process, rw.region)
+            if r is None:
+                _fail(f"process {_show(rw.process)} has no region {_show(rw.region)}",
+                      "rewrite", k, "region")
+            if rw.pages is not None:
+                for i in rw.pages:
+                    if i >= r.pages:
+                        _fail(f"page {i} is outside region {_show(r.name)} ({r.pages} pages)",
+                              "rewrite", k, "pages")
+            if rw.range is not None and rw.range[1] > r.pages:
+                _fail(f"range [{rw.range[0]}, {rw.range[1]}) is outside region {_show(r.name)} "
+                      f"({r.pages} pages)", "rewrite", k, "range")
+
+    @property
+    def timed(self) -> bool:
+        """True if the scenario has time-based dynamics (at_ms events or [[rewrite]]s),
+        which only the model runs."""
+        return bool(self.rewrites) or any(ev.at_ms is not None for ev in self.events)
 
     def _check_threads(self, names: set[str]) -> None:
         seen: set[str] = set()
@@ -539,15 +625,15 @@ class Scenario(_Model):
     # ------------------------------------------------------------------ helpers
 
     def _sorted_indexed(self) -> list[tuple[int, EventCfg]]:
-        return sorted(enumerate(self.events), key=lambda t: t[1].after_batch)
+        return sorted(enumerate(self.events), key=lambda t: _event_key(t[1]))
 
     def sorted_events(self) -> list[EventCfg]:
-        """Events in the order they apply: by after_batch, then file order."""
+        """Events in the order they apply: by after_batch (or at_ms), then file order."""
         return [ev for _, ev in self._sorted_indexed()]
 
     def events_after(self, batch: int) -> list[EventCfg]:
         """The events to apply after batch ``batch`` (1-based), in file order."""
-        return [ev for ev in self.events if ev.after_batch == batch]
+        return [ev for ev in self.events if ev.after_batch == batch and ev.at_ms is None]
 
     def process_names(self) -> list[str]:
         """Every process name: the [[process]] ones in file order, then forked children in
@@ -567,3 +653,7 @@ class Scenario(_Model):
         (a forked child has the regions its parent still had mapped at the fork), or None."""
         return self._regions.get(process_name, {}).get(region_name)
 
+
+def _event_key(ev: EventCfg) -> float:
+    """Sort key of an event: its batch or its time (a scenario never mixes the two)."""
+    return ev.at_ms if ev.at_ms is not None else ev.after_batch
