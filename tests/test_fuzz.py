@@ -9,16 +9,20 @@ Budget: the hypothesis profile "ci" (default, about a minute in all); ``make fuz
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 
-from tests.fuzz import fuzz_settings
-from tests.fuzz import strategies as S
-from tests.fuzz.regressions import regression_cases, schedule_base, trace_pair
-from tests.fuzz.runner import Case, Outcome, classify, differential, run_case, run_cases
+# tests.fuzz is shared with tools/fuzz_campaign.py: importable whatever pytest's rootdir mode.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.fuzz import fuzz_settings  # noqa: E402
+from tests.fuzz import strategies as S  # noqa: E402
+from tests.fuzz.regressions import regression_cases, schedule_base, trace_pair  # noqa: E402
+from tests.fuzz.runner import Case, Outcome, classify, differential, run_case, run_cases  # noqa: E402
 
 
 def _show(case: Case, o: Outcome) -> str:
