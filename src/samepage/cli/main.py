@@ -653,3 +653,7 @@ app.command("compare")(_compare_command)
 
 from .capture import register as _register_capture  # noqa: E402
 _register_capture(app)
+
+from .forecast import register as _register_forecast  # noqa: E402
+from .kernel import kernel_app as _kernel_app  # noqa: E402
+_register_forecast(app, _kernel_app)   # samepage forecast, samepage kernel measure
