@@ -860,15 +860,18 @@ class Ksm(KsmHooks):
         done = 0
         ops = self.ops
         ops[OP_BATCH] += 1
+        mem = self.mem
+        next_item = self.scan_get_next_rmap_item
+        cmp_and_merge_page = self.cmp_and_merge_page
         while scan_npages > 0:
             scan_npages -= 1
-            got = self.scan_get_next_rmap_item()
+            got = next_item()
             if got is None:
                 break
             item, page = got
             ops[OP_VISIT] += 1
-            self.cmp_and_merge_page(page, item)
-            self.mem.folio_put(self.mem.page_folio[page])
+            cmp_and_merge_page(page, item)
+            mem.folio_put(mem.page_folio[page])
             self.ksm_pages_scanned += 1
             done += 1
         return done
