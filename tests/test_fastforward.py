@@ -427,3 +427,20 @@ def test_cli_no_fast_forward(monkeypatch):
     assert r1.exit_code == 0 and r2.exit_code == 0, (r1.output, r2.output)
     assert r1.output == r2.output
     assert n_on > 0 and len(replayed) == n_on            # the second run replayed nothing
+
+
+def test_handing_out_mm_or_mem_drops_the_profile():
+    """p.mm and m.mem may be changed behind the API: taking them ends any fast-forward."""
+    m, p = workload(True)
+    m.run_full_scans(3)
+    assert m.ksm.ff_profile is not None
+    p.mm.write_page(p.region("ram").start, 77)     # behind the API's back
+    assert m.ksm.ff_profile is None
+    off, q = workload(False)
+    off.run_full_scans(3)
+    q.mm.write_page(q.region("ram").start, 77)
+    assert records(m.run_batches(40)) == records(off.run_batches(40))
+    m.run_full_scans(3)
+    assert m.ksm.ff_profile is not None
+    m.mem
+    assert m.ksm.ff_profile is None

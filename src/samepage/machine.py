@@ -93,22 +93,29 @@ class Process:
 
     def __init__(self, machine: "Machine", mm: MM):
         self.machine = machine
-        self.mm = mm
+        self._mm = mm
+
+    @property
+    def mm(self) -> MM:
+        """The process's mm: whoever takes it may change memory behind the API, so no
+        fast-forward profile survives it (samepage.ksm.fastforward)."""
+        self.machine.ksm.ff_invalidate()
+        return self._mm
 
     @property
     def name(self) -> str:
-        return self.mm.name
+        return self._mm.name
 
     @property
     def pid(self) -> int:
-        return self.mm.pid
+        return self._mm.pid
 
     @property
     def alive(self) -> bool:
-        return self.mm.mm_users > 0
+        return self._mm.mm_users > 0
 
     def region(self, name: str) -> Vma:
-        return self.mm.vma_by_name(name)
+        return self._mm.vma_by_name(name)
 
     def _vma(self, region: Vma | str) -> Vma:
         return self.region(region) if isinstance(region, str) else region
@@ -118,7 +125,7 @@ class Process:
     def mmap(self, pages: int, name: str | None = None, thp: str = "default") -> Vma:
         """``mmap(MAP_PRIVATE|MAP_ANONYMOUS)`` of ``pages`` pages as its own VMA;
         ``thp`` = "huge" / "nohuge" applies MADV_HUGEPAGE / MADV_NOHUGEPAGE."""
-        vma = self.mm.mmap(pages, name=name)
+        vma = self._mm.mmap(pages, name=name)
         if thp == "huge":
             self.madvise(vma, "hugepage")
         elif thp == "nohuge":
@@ -128,7 +135,7 @@ class Process:
     @_api
     def munmap(self, region: Vma | str) -> None:
         vma = self._vma(region)
-        self.mm.munmap(vma.start, vma.end - vma.start)
+        self._mm.munmap(vma.start, vma.end - vma.start)
 
     @_api
     def madvise(self, region: Vma | str, advice: str | int,
@@ -136,11 +143,11 @@ class Process:
         vma = self._vma(region)
         adv = ADVICE[advice] if isinstance(advice, str) else advice
         if pages is None:
-            _check(self.mm.madvise(vma.start, vma.end - vma.start, adv), "madvise")
+            _check(self._mm.madvise(vma.start, vma.end - vma.start, adv), "madvise")
             return
         for lo, hi in _runs(sorted(set(pages))):
             start = vma.start + (lo << PAGE_SHIFT)
-            _check(self.mm.madvise(start, (hi - lo) << PAGE_SHIFT, adv), "madvise")
+            _check(self._mm.madvise(start, (hi - lo) << PAGE_SHIFT, adv), "madvise")
 
     @_api
     def write(self, region: Vma | str, pages: Iterable[int] | int, content: Content) -> None:
@@ -151,17 +158,17 @@ class Process:
         for i in pages:
             if not 0 <= i < vma.nr_pages:
                 raise IndexError(f"page {i} outside region {vma.name} of {vma.nr_pages} pages")
-            self.mm.write_page(vma.start + (i << PAGE_SHIFT), content)
+            self._mm.write_page(vma.start + (i << PAGE_SHIFT), content)
 
     @_api
     def fill(self, region: Vma | str, tokens: Iterable[Content]) -> None:
         vma = self._vma(region)
         for i, t in enumerate(tokens):
-            self.mm.write_page(vma.start + (i << PAGE_SHIFT), t)
+            self._mm.write_page(vma.start + (i << PAGE_SHIFT), t)
 
     def read(self, region: Vma | str, page: int) -> Content | None:
         vma = self._vma(region)
-        return self.mm.read_page(vma.start + (page << PAGE_SHIFT))
+        return self._mm.read_page(vma.start + (page << PAGE_SHIFT))
 
     @_api
     def zap(self, region: Vma | str, pages: Iterable[int]) -> None:
@@ -170,26 +177,26 @@ class Process:
 
     @_api
     def fork(self, child: str) -> "Process":
-        return self.machine._adopt(self.mm.fork(child))
+        return self.machine._adopt(self._mm.fork(child))
 
     @_api
     def exit(self) -> None:
-        self.mm.exit()
+        self._mm.exit()
 
     @_api
     def prctl_set_memory_merge(self, value: bool) -> None:
-        _check(self.mm.prctl(PR_SET_MEMORY_MERGE, 1 if value else 0), "prctl")
+        _check(self._mm.prctl(PR_SET_MEMORY_MERGE, 1 if value else 0), "prctl")
 
     def prctl_get_memory_merge(self) -> bool:
-        return bool(_check(self.mm.prctl(PR_GET_MEMORY_MERGE), "prctl"))
+        return bool(_check(self._mm.prctl(PR_GET_MEMORY_MERGE), "prctl"))
 
     # -- /proc/PID ------------------------------------------------------------------------
     def ksm_stat(self) -> dict:
-        return self.machine.ksm.ksm_stat(self.mm)
+        return self.machine._ksm.ksm_stat(self._mm)     # counters: exact without materialising
 
     @property
     def ksm_merging_pages(self) -> int:
-        return self.mm.ksm_merging_pages
+        return self._mm.ksm_merging_pages
 
     def __repr__(self) -> str:
         return f"<Process {self.name} pid={self.pid}{'' if self.alive else ' exited'}>"
@@ -252,9 +259,11 @@ class Machine:
 
     @property
     def mem(self) -> Memory:
-        """Physical memory (as ``ksm``: the real state)."""
+        """Physical memory (as ``ksm``: the real state; whoever takes it may change it behind
+        the API, so no fast-forward profile survives it)."""
         if self._ff_pending is not None:
             self._ff_sync()
+        self._ksm.ff_invalidate()
         return self._mem
 
     # -- processes --------------------------------------------------------------------------
@@ -262,7 +271,7 @@ class Machine:
     def spawn(self, name: str, merge_any: bool = False, numa_node: int = 0) -> Process:
         if name in self.processes:
             raise ValueError(f"process {name!r} exists")
-        p = self._adopt(MM(self.mem, name, numa_node))
+        p = self._adopt(MM(self._mem, name, numa_node))
         if merge_any:
             p.prctl_set_memory_merge(True)
         return p
