@@ -31,6 +31,7 @@ from samepage.mm.content import PAGE_SHIFT
 from samepage.scenario.dynamics import Dynamics, RewriteSet
 
 HPAGE_PAGES = 512
+VMA_FLAGS_UNKNOWN = 64
 
 
 class ForecastError(ValueError):
@@ -137,7 +138,12 @@ def build_machine(snap: Snapshot, *, tunables: dict | None = None, merge_any_all
                 built.thp_pages += len(blocks) * HPAGE_PAGES
             for o, t in zip(offs[~sel].tolist(), toks[~sel].tolist()):
                 write(start + (o << PAGE_SHIFT), t)
-            mergeable = merge_any or v.mergeable
+            # a merge_any process's VMA the capture saw without VM_MERGEABLE is one the
+            # kernel refused (vma_ksm_compatible: VM_SHARED, VM_IO, ...): keep it out
+            refused = bool(sp.merge_any) and not v.mergeable and not v.flags & VMA_FLAGS_UNKNOWN
+            if refused:
+                p.madvise(vma, "unmergeable")
+            mergeable = (merge_any or v.mergeable) and not refused
             bp.present_pages += int(offs.size)
             if mergeable:
                 bp.mergeable_pages += int(offs.size)
