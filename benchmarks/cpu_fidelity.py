@@ -10,10 +10,13 @@ model's CPU, the kernel's (median of the runs' phase totals), their ratio and th
 of the kernel runs ((max - min) / median).  Batches whose counters differ from the model's
 are left out on both sides.
 
-    python benchmarks/cpu_fidelity.py [--runs 3] [--costs COSTS.toml] [--wait S]
-                                      [--save DIR | --from DIR] [--json]
+    python benchmarks/cpu_fidelity.py [--runs 3] [--costs COSTS.toml | --calibrate]
+                                      [--wait S] [--save DIR | --from DIR] [--json]
 
 ``--from DIR`` reuses the kernel traces a previous ``--save DIR`` kept (no root needed).
+``--calibrate`` also runs the calibration suite, interleaved with the workloads so that both
+see the same machine conditions, fits the costs on the suite alone (the workloads stay
+unseen) and predicts the workloads with that profile (``--write-profile FILE`` keeps it).
 Exit status 0 when every ratio lies within 0.85-1.15, 1 otherwise.
 """
 
@@ -67,25 +70,45 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save", type=Path, help="keep the kernel traces in DIR")
     ap.add_argument("--from", dest="from_dir", type=Path, help="reuse traces saved in DIR")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="also run the calibration suite, interleaved with the workloads "
+                         "(same machine conditions), fit on it alone and use that profile")
+    ap.add_argument("--write-profile", type=Path, help="with --calibrate: save the profile")
     a = ap.parse_args(argv)
     costs = resolve_costs(a.costs)
     rows = []
     wl = workloads()
+    calib = []
+    if a.calibrate:
+        from samepage.kernel.calibrate import suite_paths
+        calib = [(p.stem, load_scenario(p)) for p in suite_paths()]
     if a.costs is not None:
         wl = [(name, sc.model_copy(update={"model": sc.model.model_copy(
             update={"costs": str(Path(a.costs).resolve())})})) for name, sc in wl]
     if a.from_dir is not None:
         all_runs = {name: [read_trace(f)[0] for f in sorted(a.from_dir.glob(f"{name}.kernel*.jsonl"))]
-                    for name, _ in wl}
+                    for name, _ in [*calib, *wl]}
     else:
-        # round-robin over the workloads: a change of the machine's load affects all alike
+        # round-robin over the workloads (and the calibration suite): a change of the
+        # machine's load affects all alike
         from samepage.kernel.calibrate import run_round_robin
         if a.save is not None:
             a.save.mkdir(parents=True, exist_ok=True)
-        all_runs = run_round_robin(wl, a.runs, wait=a.wait, force=False, save_traces=a.save,
+        all_runs = run_round_robin([*calib, *wl], a.runs, wait=a.wait, force=False,
+                                   save_traces=a.save,
                                    progress=lambda m: print(m, file=sys.stderr, flush=True))
+    if calib:
+        from samepage.kernel.calibrate import Fit, fit_costs, model_records, profile_meta
+        data = [samples_from_traces(model_records(sc), all_runs[name], name)
+                for name, sc in calib if all_runs[name]]
+        costs = fit_costs(data)
+        costs.meta = profile_meta(Fit(costs, data), costs.hz)
+        costs.source = "fitted in this run on the calibration suite"
+        if a.write_profile is not None:
+            from samepage.ksm.costs import write_profile
+            write_profile(costs, a.write_profile)
     for name, sc in wl:
-        model = run_scenario_on_model(sc).records
+        model = run_scenario_on_model(sc).records    # its ops, priced below by ``costs``
         kruns = all_runs[name]
         if not kruns:
             print(f"{name}: no kernel traces", file=sys.stderr)

@@ -277,6 +277,7 @@ def run_round_robin(scenarios: Sequence[tuple[str, Scenario]], runs: int, *, wai
     import json
 
     from samepage.kernel import KsmdError, UnreliableTrace
+    from samepage.kernel.runner import ForeignKsmUsers
     out: dict[str, list[list[dict]]] = {name: [] for name, _ in scenarios}
     for r in range(runs):
         for name, sc in scenarios:
@@ -284,7 +285,8 @@ def run_round_robin(scenarios: Sequence[tuple[str, Scenario]], runs: int, *, wai
                 progress(f"round {r + 1}/{runs}: {name}")
             try:
                 recs, final = run_kernel(sc, wait=wait, force=force)
-            except (UnreliableTrace, KsmdError) as e:      # a busy machine: drop the run
+            except (UnreliableTrace, KsmdError, ForeignKsmUsers) as e:
+                # a busy machine, or another program using KSM right now: drop this run
                 if progress is not None:
                     progress(f"{name}: kernel run {r + 1} dropped ({e})")
                 continue
