@@ -38,6 +38,7 @@ from samepage.scenario.model_runner import iter_model_trace
 
 from . import report
 from .common import (
+    PROGRESS_WORK_NOW,
     EXIT_ERROR,
     LazyProgress,
     check_plot,
@@ -107,9 +108,10 @@ class SamepageGroup(TyperGroup):
         except Exit as e:
             code = e.exit_code
         except click.exceptions.NoArgsIsHelpError as e:
-            # `samepage` or `samepage kernel` alone: the help, as click would show it
-            print(e.ctx.get_help(), file=sys.stderr)
-            code = EXIT_ERROR
+            # `samepage` or `samepage kernel` alone asks what there is: the help, on
+            # stdout, as for --help (not an error)
+            print(e.ctx.get_help())
+            code = 0
         except click.ClickException as e:
             print(usage_error_line(e), file=sys.stderr, flush=True)
             code = EXIT_ERROR
@@ -175,8 +177,10 @@ class Run:
     """A scenario run on the model: its batch records, final record and machine."""
 
     def __init__(self, scenario: Scenario, batches: int | None = None,
-                 same_folio: str | None = None, sanitize: bool = False) -> None:
+                 same_folio: str | None = None, sanitize: bool = False,
+                 setup_progress=None) -> None:
         self.scenario = scenario
+        self.setup_progress = setup_progress
         self.same_folio = same_folio
         self.sanitize = sanitize
         self.total = batches if batches is not None else scenario.run.batches
@@ -198,7 +202,8 @@ class Run:
         """Run, yielding every record as it is produced (batch records, then the final one)."""
         t0 = time.perf_counter()
         for rec in iter_model_trace(self.scenario, self.total, self._machine,
-                                    same_folio=self.same_folio, sanitize=self.sanitize):
+                                    same_folio=self.same_folio, sanitize=self.sanitize,
+                                    setup_progress=self.setup_progress):
             if "batch" in rec:
                 self.records.append(rec)
             else:
@@ -285,17 +290,27 @@ def run(
         return
     check_plot(plot)
     title = scenario_title(sc, scenario)
-    r = Run(sc, batches, same_folio, sanitize)
+    from samepage.scenario.limits import estimate_work, setup_pages
+    total = batches if batches is not None else sc.run.batches
+    # progress in simulated page visits: set-up (pages written), then ksmd's batches; shown
+    # from the start when the run is big
+    work = estimate_work(sc, total)
+    progress = LazyProgress(work, enabled=not quiet, what="setting up the model",
+                            start_now=work > PROGRESS_WORK_NOW)
+    per_batch = max(1, (work - setup_pages(sc)) // total)
+    r = Run(sc, batches, same_folio, sanitize, setup_progress=progress.advance)
     out = sys.stdout
     from samepage.sanitizer import SanitizerReport
     with reported_errors():
         try:
-            with LazyProgress(r.total, enabled=not quiet) as progress:
+            with progress:
                 for rec in r:
                     if json_out:
                         write_trace_jsonl([rec], out)
                     if "batch" in rec:
-                        progress.advance()
+                        if rec["batch"] == 1:
+                            progress.describe("ksmd batches")
+                        progress.advance(per_batch)
         except SanitizerReport as rep:
             out.flush()
             print_lines(f"samepage: {rep}", file=sys.stderr)
@@ -579,7 +594,11 @@ def explore(
             sched = ex_mod.read_schedule(replay_file)
         recorded, decisions = ex_mod.load_schedule(sched)
         recorded_report = sched.report.summary if sched.report is not None else None
-        same_folio = same_folio or recorded
+        if same_folio is None and recorded is not None:
+            same_folio = recorded
+            if recorded not in STRATEGIES:   # a strategy this build (or patch) lacks
+                error_exit(f"{replay_file}: same_folio: unknown strategy {recorded!r} "
+                           f"(one of {', '.join(STRATEGIES)})")
     same_folio = same_folio or sc.model.same_folio
     if same_folio not in STRATEGIES:
         error_exit(f"--same-folio: unknown strategy {same_folio!r} "
@@ -657,3 +676,6 @@ _register_capture(app)
 from .forecast import register as _register_forecast  # noqa: E402
 from .kernel import kernel_app as _kernel_app  # noqa: E402
 _register_forecast(app, _kernel_app)   # samepage forecast, samepage kernel measure
+
+from .sweep import register as _register_sweep  # noqa: E402
+_register_sweep(app)                   # samepage sweep
