@@ -444,3 +444,23 @@ def test_handing_out_mm_or_mem_drops_the_profile():
     assert m.ksm.ff_profile is not None
     m.mem
     assert m.ksm.ff_profile is None
+
+
+def test_scan_rate_benchmark_json(tmp_path):
+    """benchmarks/scan_rate.py --json: one object with every phase; the steady phase (many
+    scans, replayed) is far faster than the same scans done for real."""
+    import json
+    import subprocess
+    import sys
+    script = Path(__file__).parent.parent / "benchmarks" / "scan_rate.py"
+    outs = []
+    for extra in ([], ["--no-fast-forward"]):
+        r = subprocess.run([sys.executable, str(script), "--pages", "2048", "--steady-scans",
+                            "40", "--json", *extra], capture_output=True, text=True,
+                           cwd=tmp_path, timeout=300)
+        assert r.returncode == 0, r.stderr
+        outs.append(json.loads(r.stdout))
+    on, off = outs
+    assert set(on) >= {"scan1", "merge", "steady", "unique", "bytes_per_page"}
+    assert "ratios" not in on                        # only with --against-kernel
+    assert on["steady"] > 5 * off["steady"]
