@@ -294,3 +294,5 @@ def kernel_record(
 
 from . import status as _status  # noqa: E402,F401  (registers kernel status / kernel top)
 from . import calibrate as _calibrate  # noqa: E402,F401  (registers kernel calibrate)
+from .exporter import register as _register_exporter  # noqa: E402
+_register_exporter(kernel_app)         # samepage kernel exporter
