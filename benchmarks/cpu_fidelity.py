@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         print(json.dumps({"costs": costs.source, "rows": rows}, indent=1))
     else:
-        print(f"cost profile: {costs.source or 'built-in'}; kernel: median of {a.runs} runs")
+        print(f"cost profile: {costs.source or 'built-in'}; kernel: median of the runs "
+              f"(up to {a.runs}; runs the harness dropped are left out)")
         print(f"{'workload':28} {'phase':16} {'model ms':>9} {'kernel ms':>9} {'ratio':>6} "
               f"{'kernel runs (ms)':>28} {'spread':>6}")
         for r in rows:
