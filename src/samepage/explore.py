@@ -44,7 +44,8 @@ from pydantic_core import PydanticCustomError
 
 from samepage.machine import SyscallError
 from samepage.sanitizer import SanitizerReport
-from samepage.scenario.model_runner import apply_event, setup_machine
+from samepage.scenario.model_runner import (ScenarioRunError, apply_event, event_origins,
+                                             setup_machine)
 from samepage.scenario.schema import Scenario, ThreadCfg, ThreadOpCfg
 
 STRATEGY_NAMES = ("random", "pct", "exhaustive")
@@ -173,6 +174,7 @@ def execute(scenario: Scenario, same_folio: str, chooser: Chooser,
         _run_op(m, t.cfg, op)
 
     events = scenario.sorted_events()
+    origins = event_origins(scenario)
     ei = 0
     ksm.preempt = hook
     try:
@@ -181,8 +183,16 @@ def execute(scenario: Scenario, same_folio: str, chooser: Chooser,
             if m.run_batch() is None:
                 break
             while ei < len(events) and events[ei].after_batch <= b:
-                apply_event(m, events[ei])
+                ev = events[ei]
                 ei += 1
+                try:
+                    apply_event(m, ev, origin=origins[id(ev)])
+                except ScenarioRunError:
+                    # under this schedule a [[thread]] ended the process or unmapped the
+                    # region first: the system call fails and changes nothing, as a
+                    # thread op's does (run, without threads, never gets here)
+                    if ev.op == "set":
+                        raise
             hook("ksmd:sleep")
     except SanitizerReport as rep:
         ex.report = rep

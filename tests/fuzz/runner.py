@@ -39,7 +39,10 @@ from typing import Callable, Iterable, Iterator
 
 TIMEOUT_S = 20.0
 RSS_LIMIT = 4 << 30          # "no run above 4 GB"
-AS_LIMIT = 6 << 30           # the child's address-space cap (safety net for the machine)
+# The child's address-space cap: the 4 GB. samepage checks its memory estimate
+# against RLIMIT_AS before any work, so a scenario too big for it is refused in one line
+# (e.g. 10**7 pages, ~4 GB in the model), rather than killed or run for minutes.
+AS_LIMIT = 4 * 10**9
 ERROR_PREFIX = "samepage: error: "
 GOOD = ("ok", "error", "found")
 _HEAD_FDS: set[int] = set()    # read ends of the `| head -1` pipes of running cases

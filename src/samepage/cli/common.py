@@ -33,8 +33,11 @@ from .text import markup_safe, printable  # noqa: F401  (re-exported for the com
 EXIT_ERROR = 2
 #: Show a progress bar (stderr being a terminal) for runs of more than this many batches ...
 PROGRESS_MIN_BATCHES = 200
-#: ... or once a run has taken this long (seconds).
+#: ... or once a run has taken this long (seconds) ...
 PROGRESS_AFTER_S = 1.0
+#: ... or from the start when the run's work (simulated page visits, estimate_work) is
+#: above this: about two seconds of the model.
+PROGRESS_WORK_NOW = 1_000_000
 
 
 class CliError(Exception):
@@ -104,7 +107,8 @@ class LazyProgress:
     """A progress bar on stderr, only when stderr is a terminal, and only for a run of more
     than PROGRESS_MIN_BATCHES batches or once it has taken PROGRESS_AFTER_S seconds."""
 
-    def __init__(self, total: int, enabled: bool = True, what: str = "ksmd batches") -> None:
+    def __init__(self, total: int, enabled: bool = True, what: str = "ksmd batches",
+                 start_now: bool | None = None) -> None:
         self.total = total
         self.enabled = enabled and sys.stderr.isatty()
         self.what = what
@@ -112,11 +116,18 @@ class LazyProgress:
         self.t0 = time.monotonic()
         self.progress: Progress | None = None
         self.task = None
+        self.start_now = total > PROGRESS_MIN_BATCHES if start_now is None else start_now
 
     def __enter__(self) -> "LazyProgress":
-        if self.enabled and self.total > PROGRESS_MIN_BATCHES:
+        if self.enabled and self.start_now:
             self._start()
         return self
+
+    def describe(self, what: str) -> None:
+        """Change the label (e.g. from setting up to ksmd batches)."""
+        self.what = what
+        if self.progress is not None:
+            self.progress.update(self.task, description=what)
 
     def _start(self) -> None:
         self.progress = Progress(
@@ -125,8 +136,8 @@ class LazyProgress:
         self.progress.start()
         self.task = self.progress.add_task(self.what, total=self.total, completed=self.done)
 
-    def advance(self) -> None:
-        self.done += 1
+    def advance(self, n: int = 1) -> None:
+        self.done = min(self.done + n, self.total)
         if self.progress is None:
             if self.enabled and time.monotonic() - self.t0 > PROGRESS_AFTER_S:
                 self._start()

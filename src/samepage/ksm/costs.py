@@ -152,12 +152,33 @@ def write_profile(model: CostModel, path: str | os.PathLike[str], comment: str =
         f.write(profile_text(model, comment))
 
 
+#: Bounds of a cost profile's text (a real one is under 2 KiB).
+MAX_PROFILE_CHARS = 256 * 1024
+MAX_PROFILE_LINE = 4096
+#: Largest cost of one operation (1 s): anything above is a typo, not a measurement.
+MAX_OP_NS = 1e9
+
+
 def parse_profile(text: str, filename: str = "<profile>") -> CostModel:
     """A CostModel from a profile's TOML text; CostProfileError if it is malformed."""
+    # A profile is a few short lines: bound it before tomllib, which can take gigabytes on a
+    # long dotted key and raises ValueError/RecursionError on huge integers or deep nesting.
+    if len(text) > MAX_PROFILE_CHARS:
+        raise CostProfileError(filename, "(file)", f"too large ({len(text)} characters; a "
+                               f"profile has at most {MAX_PROFILE_CHARS})")
+    for no, line in enumerate(text.splitlines(), 1):
+        if len(line) > MAX_PROFILE_LINE:
+            raise CostProfileError(filename, "(toml)", f"line {no} is longer than "
+                                   f"{MAX_PROFILE_LINE} characters")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise CostProfileError(filename, "(toml)", str(e)) from None
+    except (ValueError, RecursionError, MemoryError) as e:
+        what = ("nested too deeply" if isinstance(e, RecursionError) else
+                "too large" if isinstance(e, MemoryError) else
+                "an integer has too many digits" if "digits" in str(e) else str(e))
+        raise CostProfileError(filename, "(toml)", what) from None
     unknown = sorted(set(data) - {"costs", "meta"})
     if unknown:
         raise CostProfileError(filename, unknown[0], "unknown table (a profile has [costs] "
@@ -174,10 +195,13 @@ def parse_profile(text: str, filename: str = "<profile>") -> CostModel:
         if name not in costs:
             raise CostProfileError(filename, f"costs.{name}", "missing")
         v = costs[name]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise CostProfileError(filename, f"costs.{name}", f"must be a number (got {v!r})")
-        if v < 0:
-            raise CostProfileError(filename, f"costs.{name}", f"must be >= 0 (got {v!r})")
+        shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise CostProfileError(filename, f"costs.{name}", f"must be a number (got {shown})")
+        # compare before float(): a huge integer does not fit a float
+        if not (0 <= v <= MAX_OP_NS) or (isinstance(v, float) and not math.isfinite(v)):
+            raise CostProfileError(filename, f"costs.{name}",
+                                   f"must be in 0..{MAX_OP_NS:g} ns (got {shown})")
         ns[name] = float(v)
     meta = data.get("meta", {})
     if not isinstance(meta, dict):

@@ -121,12 +121,14 @@ def prescan_toml(text: str, filename: str) -> None:
 # --------------------------------------------------------------------------- this machine
 
 
-def estimate_model_bytes(scenario) -> int:
-    """Bytes the model needs for ``scenario`` (an upper estimate; see MODEL_BYTES_PER_*):
-    every page mapped at set-up and every page a fork duplicates the page tables of."""
+def estimate_model_bytes(scenario, batches: int | None = None) -> int:
+    """Bytes the model needs for ``scenario`` recording ``batches`` batches (default
+    run.batches; an upper estimate, see MODEL_BYTES_PER_*): every page mapped at set-up and
+    every page a fork duplicates the page tables of."""
     pages, regions, processes = _footprint(scenario)
+    n = scenario.run.batches if batches is None else batches
     return (MODEL_BASE_BYTES + pages * MODEL_BYTES_PER_PAGE + regions * MODEL_BYTES_PER_REGION
-            + processes * MODEL_BYTES_PER_PROCESS + scenario.run.batches * MODEL_BYTES_PER_BATCH)
+            + processes * MODEL_BYTES_PER_PROCESS + n * MODEL_BYTES_PER_BATCH)
 
 
 def _footprint(scenario) -> tuple[int, int, int]:
@@ -163,12 +165,25 @@ def address_space_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
-def check_resources(scenario, filename: str) -> None:
+def vm_size() -> int:
+    """This process's virtual size now (VmSize of /proc/self/status), what RLIMIT_AS
+    bounds; MODEL_BASE_BYTES where it cannot be read."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return MODEL_BASE_BYTES
+
+
+def check_resources(scenario, filename: str, batches: int | None = None) -> None:
     """Refuse a scenario whose model would not fit in this machine's available memory
     (MemAvailable) or this process's address-space limit (RLIMIT_AS). The error names the
     largest region: ``process[0].region[0].pages: 10**12 pages need ~400 TB in the model;
     this machine has 23 GB available``."""
-    need = estimate_model_bytes(scenario)
+    need = estimate_model_bytes(scenario, batches)
     if need - MODEL_BASE_BYTES < MODEL_ALWAYS_FITS_BYTES:
         return
     # (bytes needed, bytes there are, what): MemAvailable excludes the interpreter, which
@@ -179,10 +194,17 @@ def check_resources(scenario, filename: str) -> None:
         checks.append((need - MODEL_BASE_BYTES, avail,
                        f"this machine has {human_bytes(avail)} available"))
     rlim = address_space_limit()
-    if rlim is not None:
-        checks.append((need, rlim, f"RLIMIT_AS is {human_bytes(rlim)}"))
+    if rlim is not None:   # the address space already in use counts against it too
+        checks.append((need - MODEL_BASE_BYTES + vm_size(), rlim,
+                       f"RLIMIT_AS is {human_bytes(rlim)}"))
+    n = scenario.run.batches if batches is None else batches
     for want, have, what in checks:
         if want > have:
+            if n * MODEL_BYTES_PER_BATCH * 2 > need:   # the trace, not the pages
+                key = "run.batches" if batches is None else "--batches"
+                raise ScenarioError(filename, key, f"{show_count(n)} batches need "
+                                    f"~{human_bytes(want)} in the model (a trace record per "
+                                    f"batch); {what}")
             key, pages = _largest_region(scenario)
             total, _, _ = _footprint(scenario)
             count = (f"{show_count(pages)} pages" if pages == total else
@@ -201,6 +223,11 @@ def _largest_region(scenario) -> tuple[str, int]:
 
 
 # --------------------------------------------------------------------------- work
+
+
+def setup_pages(scenario) -> int:
+    """Pages written while setting the scenario up (its regions, and forked copies)."""
+    return _footprint(scenario)[0]
 
 
 def estimate_work(scenario, batches: int | None = None) -> int:

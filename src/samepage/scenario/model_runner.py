@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from samepage.machine import Machine, SyscallError
 
 from .checks import check_runnable
+from .limits import check_resources
 from .dynamics import scenario_dynamics, sim_ms
 from .errors import ScenarioError
 from .schema import EventCfg, Scenario
@@ -35,10 +36,26 @@ class ModelRun:
     extra: dict = field(default_factory=dict)
 
 
+def _counted(tokens, progress: Callable[[int], None], every: int = 65536):
+    """``tokens``, calling ``progress(n)`` after every ``every`` pages (set-up of a big
+    region takes seconds: the progress bar moves from the start)."""
+    n = 0
+    for t in tokens:
+        yield t
+        n += 1
+        if n == every:
+            progress(n)
+            n = 0
+    if n:
+        progress(n)
+
+
 def setup_machine(scenario: Scenario, same_folio: str | None = None,
-                  sanitize: bool = False) -> Machine:
+                  sanitize: bool = False,
+                  progress: Callable[[int], None] | None = None) -> Machine:
     """Steps 1-4 of the set-up order: settings, processes and contents, MADV_MERGEABLE,
-    then ``run = 1`` (``sanitize``: on a Machine(sanitize=True))."""
+    then ``run = 1`` (``sanitize``: on a Machine(sanitize=True); ``progress(n)`` is told of
+    every n pages written)."""
     m = Machine(numa_nodes=scenario.machine.numa_nodes,
                 thp=scenario.machine.thp or "madvise",
                 mthp_kb=scenario.machine.mthp_kb,
@@ -55,7 +72,7 @@ def setup_machine(scenario: Scenario, same_folio: str | None = None,
         p = m.spawn(pc.name, merge_any=pc.merge_any, numa_node=pc.numa_node)
         for rc in pc.regions:
             vma = p.mmap(rc.pages, name=rc.name, thp=rc.thp)
-            p.fill(vma, rc.tokens())
+            p.fill(vma, rc.tokens() if progress is None else _counted(rc.tokens(), progress))
             mapped.append((p, rc, vma))
     for p, rc, vma in mapped:  # the Vma itself: no lookup by name per region
         if rc.mergeable:
@@ -90,11 +107,23 @@ def _sysfs(m: Machine, name: str, value, where: str) -> None:
                                f"{e.strerror or e}") from None
 
 
-def apply_event(m: Machine, ev: EventCfg, index: int | None = None) -> None:
+def event_origins(scenario: Scenario) -> dict[int, str]:
+    """``id(event) -> "FILE: event[k]"``, so that an event that fails names its file and
+    key like every other scenario error."""
+    fname = scenario.path or "<string>"
+    return {id(ev): f"{fname}: event[{k}]" for k, ev in enumerate(scenario.events)}
+
+
+def apply_event(m: Machine, ev: EventCfg, index: int | None = None,
+                origin: str | None = None) -> None:
+    """Carry out one event; ``origin`` ("FILE: event[k]", see event_origins) prefixes an
+    error."""
     if ev.op == "set":  # a sysfs write: no process
-        _sysfs(m, ev.tunable, ev.value, f"event {ev.when} (set)")
+        _sysfs(m, ev.tunable, ev.value,
+               f"{origin} (set {ev.when})" if origin else f"event {ev.when} (set)")
         return
-    where = f"event {ev.when} ({ev.op} on {ev.process})"
+    where = (f"{origin} ({ev.op} on {ev.process} {ev.when})" if origin else
+             f"event {ev.when} ({ev.op} on {ev.process})")
     p = m.processes.get(ev.process)
     if p is None or not p.alive:
         raise ScenarioRunError(f"{where}: process {ev.process!r} is not running")
@@ -135,17 +164,21 @@ def batch_record_with_costs(b: int, r, m: Machine) -> dict:
 
 def iter_model_trace(scenario: Scenario, batches: int | None = None,
                      machine_out: list | None = None,
-                     same_folio: str | None = None, sanitize: bool = False) -> Iterator[dict]:
+                     same_folio: str | None = None, sanitize: bool = False,
+                     setup_progress: Callable[[int], None] | None = None) -> Iterator[dict]:
     """Yield the model's trace of ``scenario`` record by record (``same_folio`` overrides
     the scenario's ``[model] same_folio``; ``sanitize`` runs it with the sanitizer, which
     raises samepage.sanitizer.SanitizerReport on the first bug). A scenario in which ksmd
     cannot run some batch is refused first (checks.check_runnable, a ScenarioError)."""
     check_runnable(scenario, batches)
-    m = setup_machine(scenario, same_folio, sanitize)
+    if batches is not None and batches != scenario.run.batches:
+        check_resources(scenario, scenario.path or "<string>", batches)
+    m = setup_machine(scenario, same_folio, sanitize, setup_progress)
     if machine_out is not None:
         machine_out.append(m)
     n = batches if batches is not None else scenario.run.batches
     events = scenario.sorted_events()
+    origins = event_origins(scenario)
     ei = 0
     dyn = scenario_dynamics(scenario, m) if scenario.timed else None
     for b in range(1, n + 1):
@@ -153,7 +186,7 @@ def iter_model_trace(scenario: Scenario, batches: int | None = None,
             # time-based dynamics: what fell due while ksmd slept, before batch b starts
             t = sim_ms(m)
             while ei < len(events) and events[ei].at_ms is not None and events[ei].at_ms <= t:
-                apply_event(m, events[ei])
+                apply_event(m, events[ei], origin=origins[id(events[ei])])
                 ei += 1
             dyn.advance(t)
         r = m.run_batch()
@@ -163,7 +196,7 @@ def iter_model_trace(scenario: Scenario, batches: int | None = None,
                 "a scenario that stops ksmd must restart it in the same after_batch")
         yield batch_record_with_costs(b, r, m)
         while ei < len(events) and events[ei].at_ms is None and events[ei].after_batch <= b:
-            apply_event(m, events[ei])
+            apply_event(m, events[ei], origin=origins[id(events[ei])])
             ei += 1
     yield format_final_record(m.kernel_release, m.ksm_stats())
 
