@@ -104,6 +104,7 @@ def sweep(
     grid: Annotated[Optional[list[str]], typer.Option("--grid", metavar="KEY=V1,V2,...", help="A scenario key by dotted path and its values (repeatable): ksm.pages_to_scan=100,1000, model.same_folio=v6.18,split-retry, machine.thp=always,never, policy.name=...; snapshots take ksm.TUNABLE, forecast.merge_any, forecast.thp, forecast.static, forecast.until.")] = None,
     workers: Annotated[int, typer.Option("--workers", metavar="N", min=0, max=256, help="Worker processes of the LocalCluster (default 0: one per CPU of this machine).")] = 0,
     scheduler: Annotated[Optional[str], typer.Option("--scheduler", metavar="tcp://HOST:PORT", help="Run on this existing Dask cluster instead (its workers need samepage installed).")] = None,
+    connect_timeout: Annotated[float, typer.Option("--connect-timeout", metavar="SECONDS", min=0.1, max=3600.0, help="With --scheduler: how long to try to connect.")] = 15.0,
     serial: Annotated[bool, typer.Option("--serial", help="Run every cell in this process, one after the other (no Dask).")] = False,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="FILE.parquet|FILE.csv", help="Write the results table: one row per cell.")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", metavar="FILE.png", help="Pareto plot of saved memory against ksmd CPU.")] = None,
@@ -164,7 +165,8 @@ def sweep(
             rows = run_serial(cells, loaded, done)
         else:
             rows = run_dask(cells, loaded, scheduler=scheduler,
-                            workers=workers or os.cpu_count() or 1, progress=done)
+                            workers=workers or os.cpu_count() or 1, progress=done,
+                            connect_timeout=connect_timeout)
     except SweepError as e:
         error_exit(str(e))
     finally:

@@ -101,8 +101,7 @@ def summarize_records(records: list[dict[str, Any]]) -> dict[str, Any]:
 
     last = records[-1]
     out: dict[str, Any] = {n: int(last[n]) for n in COUNTER_NAMES}
-    out["saved_mib"] = round((last["pages_sharing"] + last["ksm_zero_pages"]) * PAGE_SIZE
-                             / MIB, 6)
+    out["saved_mib"] = (last["pages_sharing"] + last["ksm_zero_pages"]) * PAGE_SIZE / MIB
     conv = convergence(records)
     out["converge_batch"] = conv.batch
     out["converge_full_scans"] = conv.full_scans
@@ -168,7 +167,7 @@ def _run_snapshot(cell: Cell, raw: bytes | None) -> dict[str, Any]:
                           volatile=not opts.get("forecast.static", False))
     res = simulate(built, parse_until(str(opts.get("forecast.until", "converged"))))
     out: dict[str, Any] = {n: int(res.final[n]) for n in COUNTER_NAMES}
-    out["saved_mib"] = round(res.saved_bytes / MIB, 6)
+    out["saved_mib"] = res.saved_bytes / MIB
     out["converge_batch"] = None
     out["converge_full_scans"] = int(res.converged_full_scans)
     out["converge_ms"] = round(float(res.converged_ms), 3)
