@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.fuzz import fuzz_settings  # noqa: E402
 from tests.fuzz import strategies as S  # noqa: E402
 from tests.fuzz.regressions import regression_cases, schedule_base, trace_pair  # noqa: E402
-from tests.fuzz.runner import Case, Outcome, classify, differential, run_case, run_cases  # noqa: E402
+from tests.fuzz.runner import (Case, Outcome, classify, differential, run_args,  # noqa: E402
+                               run_case, run_cases)
 
 
 def _show(case: Case, o: Outcome) -> str:
@@ -40,7 +41,7 @@ def check_scenario_file(path: str) -> None:
     if v.rc != 0:
         assert v.kind == "error"
         return
-    r_case = Case("scenario", "run", ["run", path, "-q", "--batches", "3"], names=[path],
+    r_case = Case("scenario", "run", run_args(path), names=[path],
                   inputs=[path], keyed=True)
     r = run_case(r_case)
     assert r.good, _show(r_case, r)

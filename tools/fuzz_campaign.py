@@ -8,7 +8,7 @@ Sources:
 
 * scenarios: generated scenarios mutated structurally, and byte-mutated examples/*.toml and
   tests/conformance/scenarios/*.toml, each through ``samepage validate``; every file validate
-  accepts is then run (``run -q --batches 3``; ``explore`` too if it has [[thread]]s) and run
+  accepts is then run (``run -q --batches N``, N = min(3, run.batches); ``explore`` too if it has [[thread]]s) and run
   must not reject it ("run-rejects-validated");
 * schedules: mutated schedule files through ``samepage explore SEED --replay FILE``;
 * traces: mutated conformance traces through ``samepage compare SCENARIO --against FILE``;
@@ -19,8 +19,8 @@ Sources:
 * regressions: the reproducer of every failure class found so far (tests/fuzz/regressions.py).
 
 Everything is seeded (same seed, same files) and written to a temporary directory.  Each case
-runs in a forked child (at most --jobs at a time) with a 20 s timeout and a 6 GiB address-space
-cap; peak RSS over 4 GiB is a bad outcome.  Prints the counts per outcome per source and one
+runs in a forked child (at most --jobs at a time) with a 20 s timeout and a 4 GB address-space
+cap (the issue's "no run above 4 GB"; samepage refuses what will not fit); peak RSS over 4 GiB is a bad outcome.  Prints the counts per outcome per source and one
 example per bad (source, outcome) with a reproducer; -o FILE saves every case as JSON and the
 inputs of the bad cases beside it (FILE.cases/).  Exit status 1 if any outcome is bad.
 """
@@ -43,7 +43,8 @@ sys.path.insert(0, str(REPO))
 
 from tests.fuzz import strategies as S  # noqa: E402
 from tests.fuzz.regressions import regression_cases, schedule_base, small, trace_pair  # noqa: E402
-from tests.fuzz.runner import GOOD, TIMEOUT_S, Case, Outcome, differential, run_cases  # noqa: E402
+from tests.fuzz.runner import (GOOD, TIMEOUT_S, Case, Outcome, differential,  # noqa: E402
+                               run_args, run_cases)
 
 SOURCES = ("scenarios", "schedules", "traces", "profiles", "commands", "regressions")
 COSTS = REPO / "src" / "samepage" / "data" / "costs-default.toml"
@@ -76,7 +77,7 @@ def follow_ups(case: Case, o: Outcome, tmp: Path) -> list[Case]:
     if case.source != "scenarios" or o.rc != 0:
         return []
     p = case.argv[1]
-    out = [Case("scenarios", "run", ["run", p, "-q", "--batches", "3"], names=[p], inputs=[p],
+    out = [Case("scenarios", "run", run_args(p), names=[p], inputs=[p],
                 keyed=True)]
     try:
         text = Path(p).read_text("utf-8")

@@ -395,6 +395,16 @@ def write(path: Path | str, data: bytes | str) -> str:
     return str(p)
 
 
+def run_args(path: str, at_most: int = 3) -> list[str]:
+    """``run PATH -q --batches N`` for a file validate accepted, N = min(at_most,
+    run.batches): more batches than the file's own would take in events validate rightly
+    did not check (``--batches`` past run.batches extends the scenario)."""
+    from samepage.scenario import load_scenario
+
+    n = min(at_most, load_scenario(path).run.batches)
+    return ["run", path, "-q", "--batches", str(n)]
+
+
 def differential(validate: Outcome, run: Outcome) -> str | None:
     """validate must reject what run rejects: validate ok and run exit 2 is a bad outcome."""
     if validate.rc == 0 and run.kind == "error":
