@@ -31,6 +31,7 @@ from samepage.scenario.model_runner import run_scenario_on_model
 from samepage.scenario.trace_compare import TraceComparison, compare_traces
 
 from . import report
+from .patchopt import PatchOpt, apply_patch_option
 from .common import (
     check_plot,
     error_exit,
@@ -179,10 +180,12 @@ def compare(
     retries: RetriesOpt = 0,
     drain_lru: DrainOpt = False,
     no_lru_check: NoLruCheckOpt = False,
+    patch: PatchOpt = None,
 ) -> None:
     """Run a scenario on the model and on the live kernel (or read the kernel's saved trace
     with --against) and show the two traces side by side. Exit status 0 if identical, 1 if
     they differ."""
+    apply_patch_option(patch)
     sc = load(scenario)
     check_plot(plot)
     title = scenario_title(sc, scenario)

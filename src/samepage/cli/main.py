@@ -37,6 +37,7 @@ from samepage.scenario import Scenario, ScenarioError, load_scenario, load_scena
 from samepage.scenario.model_runner import iter_model_trace
 
 from . import report
+from .patchopt import PatchOpt, apply_patch_option
 from .common import (
     PROGRESS_WORK_NOW,
     EXIT_ERROR,
@@ -261,8 +262,10 @@ def run(
         help="Replay full scans that provably repeat instead of redoing them (every "
              "counter identical; default on; SAMEPAGE_FAST_FORWARD=0 also turns it off).")
     ] = True,
+    patch: PatchOpt = None,
 ) -> None:
     """Run a scenario on the model and print the KSM counters after every ksmd batch."""
+    apply_patch_option(patch)
     if not fast_forward:
         os.environ["SAMEPAGE_FAST_FORWARD"] = "0"    # read by every Machine made below
     sc = load(scenario)
@@ -569,6 +572,7 @@ def explore(
         "--force", help="Replace an existing --save FILE.")] = False,
     replay_file: Annotated[Optional[str], typer.Option(
         "--replay", metavar="FILE", help="Replay the schedule saved in FILE.")] = None,
+    patch: PatchOpt = None,
 ) -> None:
     """Explore interleavings of ksmd with the scenario's [[thread]]s under the sanitizer.
 
@@ -580,6 +584,7 @@ def explore(
     from samepage import explore as ex_mod
     from samepage.ksm.same_folio import STRATEGIES
 
+    apply_patch_option(patch)
     sc = load(scenario)
     if sc.timed:
         error_exit(f"{scenario}: explore runs events between batches only; at_ms events and "

@@ -73,6 +73,10 @@ def _anon_root(av):
 class Ksm(KsmHooks):
     """All of KSM's global state (the statics of mm/ksm.c) and its functions."""
 
+    # the explorer sets it per instance; a class default so that a patch (samepage.patch)
+    # can make it a no-op callable for its own ``ksm.preempt("name")`` calls
+    preempt = None
+
     def __init__(self, mem: Memory, costs: CostModel | str | None = None):
         self.mem = mem
         mem.ksm = self
@@ -122,7 +126,7 @@ class Ksm(KsmHooks):
         # schedule exploration (samepage.explore): called at the preemption points with the
         # point's name when set; ``mmap_read_locked`` is the mm whose mmap_lock ksmd holds
         # for reading in try_to_merge_with_ksm_page / try_to_merge_with_zero_page
-        self.preempt = None
+        # (``preempt`` is a class attribute, None)
         self.mmap_read_locked = None
         self.set_same_folio_strategy("v6.18")
         # fast-forward of quiescent scans (samepage.ksm.fastforward): ``ff_dirty`` is set by
@@ -381,6 +385,8 @@ class Ksm(KsmHooks):
         hi = min(vma.nr_pages, (end - vma.start) >> PAGE_SHIFT)
         pte, ptef = vma.pte, vma.ptef
         for i in range(lo, hi):
+            if self.preempt is not None:
+                self.preempt("break_ksm:page")        # cond_resched(), mmap_lock held
             if mm.mm_users == 0:
                 return 0
             pfn = pte[i]
@@ -401,7 +407,12 @@ class Ksm(KsmHooks):
         vma = self.find_mergeable_vma(item.mm, item.address)
         if vma is not None:
             addr = item.address & PAGE_MASK
-            self.break_ksm(vma, addr, addr + PAGE_SIZE)
+            held = self.mmap_read_locked
+            self.mmap_read_locked = item.mm
+            try:
+                self.break_ksm(vma, addr, addr + PAGE_SIZE)
+            finally:
+                self.mmap_read_locked = held
 
     # ------------------------------------------------------------------------------------
     # stable nodes
@@ -744,6 +755,8 @@ class Ksm(KsmHooks):
             self.ops[OP_SCAN_START] += 1
             self.advisor_start_scan()
             mem.lru_add_drain_all()
+            if self.preempt is not None:
+                self.preempt("scan:start")        # lru_add_drain_all sleeps; mm_list re-checked
             if not self.ksm_merge_across_nodes:
                 for node in list(self.migrate_nodes):
                     f = self.ksm_get_folio(node, KSM_GET_FOLIO_NOLOCK)
@@ -760,6 +773,8 @@ class Ksm(KsmHooks):
         ops = self.ops
         while True:                                   # next_mm:
             mm = slot.mm
+            if self.preempt is not None:
+                self.preempt("scan:next-mm")          # before mmap_read_lock(mm)
             exiting = mm.mm_users == 0
             if not exiting:
                 vmas = mm.vmas
@@ -1026,6 +1041,8 @@ class Ksm(KsmHooks):
 
     def try_to_merge_with_zero_page(self, item: RmapItem, page: int) -> int:
         if self.ksm_use_zero_pages and item.oldchecksum == ZERO_CHECKSUM:
+            if self.preempt is not None:
+                self.preempt("zero_merge:before-lock")
             vma = self.find_mergeable_vma(item.mm, item.address)
             if vma is None:
                 return 0
@@ -1246,15 +1263,22 @@ class Ksm(KsmHooks):
         while scan.mm_slot is not None:
             slot = scan.mm_slot
             mm = slot.mm
-            if mm.mm_users != 0:
-                for vma in list(mm.vmas):
-                    if not vma.flags & VM_MERGEABLE or vma.anon_vma is None:
-                        continue
-                    err = self.break_ksm(vma, vma.start, vma.end)
-                    if err:
-                        scan.mm_slot = None
-                        return err
-            self.remove_trailing_rmap_items(slot, 0)
+            if self.preempt is not None:
+                self.preempt("unmerge:next-mm")       # before mmap_read_lock(mm)
+            held = self.mmap_read_locked
+            self.mmap_read_locked = mm
+            try:
+                if mm.mm_users != 0:
+                    for vma in list(mm.vmas):
+                        if not vma.flags & VM_MERGEABLE or vma.anon_vma is None:
+                            continue
+                        err = self.break_ksm(vma, vma.start, vma.end)
+                        if err:
+                            scan.mm_slot = None
+                            return err
+                self.remove_trailing_rmap_items(slot, 0)
+            finally:
+                self.mmap_read_locked = held
             scan.mm_slot = self._slot_next(slot)
             if mm.mm_users == 0:
                 self._slot_del(slot)
