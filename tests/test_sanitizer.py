@@ -147,6 +147,7 @@ def test_replace_page_mapping_a_freed_ksm_page():
     vma = a.region("ram")
     page, kpage = pfn_of(a, 0), pfn_of(a, 1)
     a.zap("ram", [1])
+    m.ksm.mmap_read_locked = vma.mm            # ksmd holds the mmap lock there
     with pytest.raises(SanitizerReport) as e:
         m.ksm.replace_page(vma, page, kpage, vma.ptef[0])
     check_report(e.value, "use-after-free", "replace_page: map kpage", "replace_page")

@@ -246,7 +246,7 @@ class Machine:
             fast_forward = os.environ.get("SAMEPAGE_FAST_FORWARD", "1").strip() != "0"
         self.fast_forward = fast_forward
         self.sanitizer = None
-        if sanitize:
+        if sanitize or os.environ.get("SAMEPAGE_SANITIZE", "").strip() == "1":   # tests: all
             from samepage.sanitizer import Sanitizer
             self.sanitizer = Sanitizer().attach(self)
 
@@ -305,6 +305,10 @@ class Machine:
         return dict(self._mem.vmstat)
 
     # -- ksmd -------------------------------------------------------------------------------
+    def set_failslab(self, failslab) -> None:
+        """Install (None: remove) fault injection of allocations (samepage.mm.failslab)."""
+        self._mem.failslab = failslab
+
     def run_batch(self) -> BatchResult | None:
         """One iteration of ksmd: a batch of ``pages_to_scan`` pages, then a sleep.
         Returns None (and advances no time) when ksmd would not run."""

@@ -21,7 +21,21 @@ that did it, where the folio was freed (if it was) and the last steps that led t
   mapping it (a PMD mapping counts once);
 * ``ksm-page-writable``: a KSM page mapped by a writable PTE;
 * ``counters-inconsistent``: the KSM counters disagree with the trees and rmap_lists
-  (spec §8.1).
+  (spec §8.1), globally and per mm (``/proc/PID/ksm_stat``: rmap_items, merging_pages,
+  zero_pages against the PTEs marked as KSM zero pages);
+* ``mm-use-after-free``: ksmd uses an mm whose struct was freed (``mm_count`` 0), or an
+  ``mmgrab``/``mmdrop`` on it;
+* ``mm-refcount-mismatch``: an mm's ``mm_count`` differs from its references (one while it
+  has users, one per mm_slot: ``__ksm_enter``'s ``mmgrab``, dropped when the slot is freed);
+* ``vma-use-after-free``: ksmd reads or changes the page table of a VMA that was unmapped
+  or torn down with its mm (``exit``);
+* ``mmap-lock-not-held``: ksmd changes a VMA's PTEs without that mm's mmap lock;
+* ``null-dereference``: engine code dereferenced None (a None VMA, a missing folio):
+  the AttributeError becomes a report naming the innermost model function.
+
+Freed frames go into a quarantine (``QUARANTINE`` frames, FIFO, as KASAN's) before the
+allocator may reuse them, so that a late access to a freed pfn is still reported against
+the right folio.
 """
 
 from __future__ import annotations
@@ -32,23 +46,28 @@ from collections import Counter, deque
 
 from samepage.ksm.rbtree import rb_inorder
 from samepage.ksm.structs import STABLE_FLAG, STABLE_NODE_CHAIN, UNSTABLE_FLAG
-from samepage.mm.folio import PG_FREED, PG_KSM, PG_ZERO, ZERO_PFN
+from samepage.mm.folio import PG_FREED, PG_KSM, PG_ZERO, SECTION_SHIFT, ZERO_PFN
 from samepage.mm.hooks import SanitizerHooks
 from samepage.mm.huge import HPAGE_PMD_NR
 from samepage.mm.mm import PTE_DIRTY, PTE_PMD, PTE_SPECIAL, PTE_WRITE
 
 KINDS = ("use-after-free", "put-on-zero-refcount", "refcount-below-mapcount",
-         "unlock-unlocked", "mapcount-mismatch", "ksm-page-writable", "counters-inconsistent")
+         "unlock-unlocked", "mapcount-mismatch", "ksm-page-writable", "counters-inconsistent",
+         "mm-use-after-free", "mm-refcount-mismatch", "vma-use-after-free",
+         "mmap-lock-not-held", "null-dereference")
 
 STEPS_KEPT = 200
 STEPS_SHOWN = 25
 FREED_KEPT = 100_000          # folios whose place of freeing is remembered
+QUARANTINE = 4096             # freed frames held back from the allocator
 
 _PKG = os.path.dirname(os.path.abspath(__file__))
 # frames that are the machinery of an operation, not the model function that did it
 _SKIP_FILES = {os.path.join(_PKG, "sanitizer.py"), os.path.join(_PKG, "mm", "folio.py"),
                os.path.join(_PKG, "mm", "hooks.py")}
-_SKIP_NAMES = {"memcmp_pages", "pages_identical", "calc_checksum", "_sanitized_page"}
+_SKIP_NAMES = {"memcmp_pages", "pages_identical", "calc_checksum", "_sanitized_page",
+               "mmgrab", "mmdrop"}
+_MODEL_DIRS = (os.path.join(_PKG, "ksm") + os.sep, os.path.join(_PKG, "mm") + os.sep)
 
 
 def model_function(depth: int = 1) -> str:
@@ -72,9 +91,10 @@ class SanitizerReport(Exception):
 
     def __init__(self, kind: str, folio: str | None, op: str, function: str,
                  freed_at: str | None = None, steps: list[str] | None = None,
-                 detail: str = ""):
+                 detail: str = "", what: str = "folio"):
         self.kind = kind
-        self.folio = folio
+        self.folio = folio            # the object's repr (a folio, an mm, a VMA)
+        self.what = what
         self.op = op
         self.function = function
         self.freed_at = freed_at
@@ -89,7 +109,7 @@ class SanitizerReport(Exception):
     def __str__(self) -> str:
         lines = [f"sanitizer: {self.kind}",
                  f"  operation: {self.op}",
-                 f"  folio:     {self.folio if self.folio else '-'}",
+                 f"  {self.what + ':':<10} {self.folio if self.folio else '-'}",
                  f"  by:        {self.function}"]
         if self.freed_at:
             lines.append(f"  freed at:  {self.freed_at}")
@@ -115,6 +135,9 @@ class Sanitizer(SanitizerHooks):
         self.record_folio_ops = record_folio_ops
         self._freed: dict[int, tuple] = {}             # id(folio) -> (folio, function, step)
         self._depth = 0
+        self.quarantine: deque = deque()               # (node, [pfn]) held back, oldest first
+        self.quarantined = 0
+        self.quarantine_max = QUARANTINE
 
     def attach(self, machine) -> "Sanitizer":
         self.mem = machine.mem
@@ -142,6 +165,10 @@ class Sanitizer(SanitizerHooks):
         self._depth += 1
         try:
             ret = fn(*args, **kw)
+        except AttributeError as e:
+            if outer and "'NoneType' object has no attribute" in str(e):
+                raise self.null_dereference(e) from e
+            raise
         finally:
             self._depth -= 1
             if outer:
@@ -170,6 +197,26 @@ class Sanitizer(SanitizerHooks):
             mf = self.mem.freed
             for p in range(folio.pfn, folio.pfn + folio.nr_pages):
                 mf[p] = folio
+        if pfn_reusable and self.quarantine_max:
+            self._quarantine(folio)
+
+    def _quarantine(self, folio) -> None:
+        """Take the folio's frames back from the allocator's free list (``_free_folio``
+        appended them last) and release the oldest quarantined ones beyond the limit."""
+        mem = self.mem
+        n = folio.nr_pages
+        nid = mem.section_nid[folio.pfn >> SECTION_SHIFT]
+        free = mem._free[nid]
+        pfns = list(free[-n:])
+        del free[-n:]
+        mem.nr_free_frames -= n
+        self.quarantine.append((nid, pfns))
+        self.quarantined += n
+        while self.quarantined > self.quarantine_max:
+            onid, old = self.quarantine.popleft()
+            mem._free[onid].extend(old)
+            mem.nr_free_frames += len(old)
+            self.quarantined -= len(old)
 
     def freed_at(self, folio) -> str | None:
         rec = self._freed.get(id(folio))
@@ -207,6 +254,70 @@ class Sanitizer(SanitizerHooks):
         if folio.flags & PG_FREED:
             raise self.report("use-after-free", folio, op,
                               f"{op}: mapping pfn {pfn} of a freed folio", depth=2)
+
+    # -- mm and VMA lifetime, the mmap lock ----------------------------------------------------
+    def _record_freed(self, obj, text: str) -> None:
+        fn = model_function(3)
+        self.step(text, fn.split(" ")[0])
+        freed = self._freed
+        if len(freed) >= FREED_KEPT:
+            del freed[next(iter(freed))]
+        freed[id(obj)] = (obj, fn, self.step_no)
+
+    def _obj_report(self, kind, obj, what, op, detail, depth=3):
+        return SanitizerReport(kind, repr(obj), op, model_function(depth), self.freed_at(obj),
+                               self.formatted_steps(), detail, what)
+
+    def mm_op(self, op: str, mm) -> None:
+        if mm.mm_count <= 0:
+            raise self._obj_report("mm-use-after-free", mm, "mm", op,
+                                   f"{op} on {mm.name}'s mm_struct, already freed "
+                                   "(mm_count 0)")
+
+    def mm_freed(self, mm) -> None:
+        self._record_freed(mm, f"mm_struct of {mm.name} freed (mm_count 0)")
+
+    def mm_access(self, mm, op: str) -> None:
+        if mm.mm_count <= 0:
+            raise self._obj_report("mm-use-after-free", mm, "mm", op,
+                                   f"{op} uses {mm.name}'s mm_struct through its mm_slot, "
+                                   "but it was freed (a missing mmgrab, or one mmdrop too "
+                                   "many)")
+
+    def vma_freed(self, vma) -> None:
+        self._record_freed(vma, f"vma {vma.name or hex(vma.start)} freed ({vma.dead})")
+
+    def vma_access(self, ksm, vma, op: str, need_lock: bool = True) -> None:
+        if vma.dead is not None:
+            how = ("unmapped (munmap)" if vma.dead == "munmap" else
+                   "torn down with its mm (exit): its page tables are gone")
+            raise self._obj_report("vma-use-after-free", vma, "vma", op,
+                                   f"{op} uses vma {vma.name or hex(vma.start)} of "
+                                   f"{vma.mm.name}, {how}")
+        if need_lock and ksm.mmap_read_locked is not vma.mm:
+            raise self._obj_report("mmap-lock-not-held", vma, "vma", op,
+                                   f"{op} changes the PTEs of {vma.mm.name} without its "
+                                   f"mmap lock (held: {ksm.mmap_read_locked!r})")
+
+    def null_dereference(self, e: AttributeError) -> SanitizerReport:
+        """An AttributeError on None in model code, as a report naming the innermost model
+        (or patch) function of its traceback."""
+        where = "?"
+        tb = e.__traceback__
+        while tb is not None:
+            co = tb.tb_frame.f_code
+            fn = co.co_filename
+            if (fn.startswith(_MODEL_DIRS) or "samepage_patch_" in
+                    tb.tb_frame.f_globals.get("__name__", "")):
+                where = f"{co.co_name} ({os.path.basename(fn)}:{tb.tb_lineno})"
+            tb = tb.tb_next
+        attr = getattr(e, "name", None) or str(e).rsplit("'", 2)[-2]
+        vma_attrs = {"pte", "ptef", "start", "end", "flags", "anon_vma", "mm", "pgoff",
+                     "nr_pages", "dead"}
+        what = "a None VMA" if attr in vma_attrs else "None"
+        return SanitizerReport("null-dereference", None, f"read of .{attr}", where, None,
+                               self.formatted_steps(),
+                               f"{what} dereferenced (.{attr}) in {where}", "object")
 
     # -- whole-state checks -------------------------------------------------------------------
     def check_all(self, machine, where: str = "check_all") -> None:
@@ -274,6 +385,42 @@ class Sanitizer(SanitizerHooks):
                      f"refcount {folio.refcount} < mapcount {folio.mapcount} + pins "
                      f"{folio.pincount}")
         self._check_counters(machine, mms, zero_ptes, fail)
+        self._check_mms(machine, mms, fail)
+
+    def _check_mms(self, machine, mms, fail) -> None:
+        """mm_count against its references; every mm_slot's mm alive; the per-mm counters
+        of ksm_stat against that mm's rmap_list."""
+        ksm = machine.ksm
+        slots = {}
+        for slot in ksm.mm_list:
+            slots[id(slot.mm)] = slot
+        for mm in mms:
+            want = (1 if mm.mm_users > 0 else 0) + (1 if id(mm) in slots else 0)
+            if mm.mm_users == 0 and mm.mm_count == want + 1:
+                want += 1                  # exit_mmap not done yet: mm_users' reference
+            if mm.mm_count <= 0 and id(mm) in slots:
+                raise SanitizerReport("mm-use-after-free", repr(mm), "check_all", "check_all",
+                                      self.freed_at(mm), self.formatted_steps(),
+                                      f"an mm_slot still points at {mm.name}'s freed "
+                                      "mm_struct", "mm")
+            if mm.mm_count != want:
+                raise SanitizerReport("mm-refcount-mismatch", repr(mm), "check_all",
+                                      "check_all", self.freed_at(mm), self.formatted_steps(),
+                                      f"{mm.name}.mm_count {mm.mm_count} != {want} "
+                                      f"(mm_users {mm.mm_users}, "
+                                      f"{'an' if id(mm) in slots else 'no'} mm_slot)", "mm")
+            slot = slots.get(id(mm))
+            items = slot.rmap_list if slot is not None else ()
+            n = sum(1 for it in items)
+            stable = sum(1 for it in items if it.address & STABLE_FLAG)
+            if mm.ksm_rmap_items != n:
+                fail("counters-inconsistent", None,
+                     f"{mm.name}.ksm_rmap_items {mm.ksm_rmap_items} != {n} rmap_items on "
+                     "its mm_slot")
+            if mm.ksm_merging_pages != stable:
+                fail("counters-inconsistent", None,
+                     f"{mm.name}.ksm_merging_pages {mm.ksm_merging_pages} != {stable} "
+                     "STABLE rmap_items on its mm_slot")
 
     @staticmethod
     def _check_counters(machine, mms, zero_ptes, fail) -> None:

@@ -29,7 +29,8 @@ from samepage.mm.hooks import KsmHooks
 from samepage.mm.mm import (FAULT_FLAG_UNSHARE, MADV_MERGEABLE, MADV_UNMERGEABLE,
                             MMF_VM_MERGE_ANY, MMF_VM_MERGEABLE, PTE_DIRTY, PTE_PMD,
                             PTE_SPECIAL, PTE_WRITE, VM_DROPPABLE, VM_HUGETLB, VM_MAYSHARE,
-                            VM_MERGEABLE, VM_SHARED, VM_SPECIAL, MM, Vma)
+                            VM_MERGEABLE, VM_SHARED, VM_SPECIAL, MM, FaultOOM, Vma, mmdrop,
+                            mmgrab)
 
 from .checksum import ZERO_CHECKSUM, calc_checksum_content
 from .costs import CostModel, resolve_costs
@@ -235,6 +236,7 @@ class Ksm(KsmHooks):
             # behind the cursor: first visited by the next full scan
             self.mm_list.insert(self.mm_list.index(self.ksm_scan.mm_slot), slot)
         mm.flags |= MMF_VM_MERGEABLE
+        mmgrab(mm)                             # the mm_slot pins the struct
         del was_empty  # ksmd is woken; the model's ksmd polls ksmd_should_run()
         return 0
 
@@ -247,6 +249,7 @@ class Ksm(KsmHooks):
     def _slot_del(self, slot: MmSlot) -> None:
         self.mm_slots_hash.pop(id(slot.mm), None)
         self.mm_list.remove(slot)
+        mmdrop(slot.mm)                        # mm_slot_free: the slot's pin goes
 
     def __ksm_exit(self, mm: MM) -> None:
         slot = self.mm_slots_hash.get(id(mm))
@@ -377,9 +380,12 @@ class Ksm(KsmHooks):
     # ------------------------------------------------------------------------------------
     # unmerging
     def break_ksm(self, vma: Vma, start: int, end: int) -> int:
-        """Unshare every KSM page and KSM zero page mapped in [start, end) of ``vma``."""
+        """Unshare every KSM page and KSM zero page mapped in [start, end) of ``vma``
+        (-ENOMEM when the unsharing fault cannot allocate)."""
         mm = vma.mm
         mem = self.mem
+        if mem.sanitizer is not None:
+            mem.sanitizer.vma_access(self, vma, "break_ksm", need_lock=False)
         pf = mem.page_folio
         lo = max(0, (start - vma.start) >> PAGE_SHIFT)
         hi = min(vma.nr_pages, (end - vma.start) >> PAGE_SHIFT)
@@ -398,7 +404,10 @@ class Ksm(KsmHooks):
                     continue
             elif not pf[pfn].flags & PG_KSM:
                 continue
-            mm.handle_mm_fault(vma, vma.start + (i << PAGE_SHIFT), FAULT_FLAG_UNSHARE)
+            try:
+                mm.handle_mm_fault(vma, vma.start + (i << PAGE_SHIFT), FAULT_FLAG_UNSHARE)
+            except FaultOOM:
+                return -errno.ENOMEM           # VM_FAULT_OOM
         return 0
 
     def break_cow(self, item: RmapItem) -> None:
@@ -437,7 +446,10 @@ class Ksm(KsmHooks):
         chain.hlist.insert(0, dup)
         self.ksm_stable_node_dups += 1
 
-    def alloc_stable_node_chain(self, dup: StableNode, root: RbRoot) -> StableNode:
+    def alloc_stable_node_chain(self, dup: StableNode, root: RbRoot) -> StableNode | None:
+        fs = self.mem.failslab
+        if fs is not None and fs.should_fail("stable_node_chain"):
+            return None
         chain = StableNode(0, dup.nid)
         chain.chain_prune_time = self.jiffies_ms()
         chain.rmap_hlist_len = STABLE_NODE_CHAIN
@@ -642,6 +654,10 @@ class Ksm(KsmHooks):
                     break
             if not restart:
                 break
+        fs = self.mem.failslab
+        if fs is not None and fs.should_fail("stable_node"):
+            self.ff_dirty = True
+            return None                                  # alloc_stable_node failed
         self.ops[OP_STABLE_NODE_NEW] += 1
         new = StableNode(kpfn, nid)
         if not need_chain:
@@ -650,6 +666,10 @@ class Ksm(KsmHooks):
         else:
             if node.rmap_hlist_len != STABLE_NODE_CHAIN:
                 node = self.alloc_stable_node_chain(node, root)
+                if node is None:
+                    self.free_stable_node(new)
+                    self.ff_dirty = True
+                    return None
             self.stable_node_chain_add_dup(new, node)
         self.folio_set_stable_node(kfolio, new)
         return new
@@ -773,6 +793,8 @@ class Ksm(KsmHooks):
         ops = self.ops
         while True:                                   # next_mm:
             mm = slot.mm
+            if mem.sanitizer is not None:
+                mem.sanitizer.mm_access(mm, "scan_get_next_rmap_item")
             if self.preempt is not None:
                 self.preempt("scan:next-mm")          # before mmap_read_lock(mm)
             exiting = mm.mm_users == 0
@@ -802,6 +824,10 @@ class Ksm(KsmHooks):
                                 addr = vstart + (i << PAGE_SHIFT)
                                 folio.refcount += 1          # folio_get
                                 item = self.get_next_rmap_item(slot, addr)
+                                if item is None:     # alloc_rmap_item failed
+                                    mem.folio_put(folio)
+                                    scan.address = addr
+                                    return None
                                 if self.ksm_smart_scan and self.should_skip_rmap_item(folio, item):
                                     ops[OP_SKIP] += 1
                                     mem.folio_put(folio)
@@ -859,6 +885,10 @@ class Ksm(KsmHooks):
         if idx < len(items) and items[idx].address & PAGE_MASK == addr:
             scan.rmap_index = idx + 1
             return items[idx]
+        fs = self.mem.failslab
+        if fs is not None and fs.should_fail("rmap_item"):
+            self.ff_dirty = True
+            return None                          # alloc_rmap_item: -ENOMEM
         item = RmapItem(slot.mm, addr)
         slot.mm.ksm_rmap_items += 1
         self.ksm_rmap_items += 1
@@ -923,6 +953,8 @@ class Ksm(KsmHooks):
         """Make the PTE mapping ``folio`` in ``vma`` clean and read-only; returns the
         resulting PTE bits, or None on failure."""
         mem = self.mem
+        if mem.sanitizer is not None:
+            mem.sanitizer.vma_access(self, vma, "write_protect_page")
         if folio.order:
             self._fail("write_protect_page: large folio")
             return None
@@ -958,6 +990,8 @@ class Ksm(KsmHooks):
 
     def replace_page(self, vma: Vma, page: int, kpage: int, orig_pte: int) -> int:
         mem = self.mem
+        if mem.sanitizer is not None:
+            mem.sanitizer.vma_access(self, vma, "replace_page")
         mm = vma.mm
         folio = mem.page_folio[page]
         if folio is None and mem.sanitizer is not None:

@@ -138,6 +138,7 @@ class Memory:
         self.thp = ThpPolicy()                 # /sys/kernel/mm/transparent_hugepage
         self.sanitizer = None                  # optional: see samepage.mm.hooks.SanitizerHooks
         self.freed: dict = {}                  # sanitizer only: pfn -> the last folio freed there
+        self.failslab = None                   # optional fault injection (samepage.mm.failslab)
         # the shared zero page lives in pfn 0 of node 0
         zero_pfn = self._alloc_frames(0, 0)
         assert zero_pfn == ZERO_PFN
@@ -178,7 +179,10 @@ class Memory:
         return self.section_nid[pfn >> SECTION_SHIFT]
 
     def folio_alloc(self, order: int = 0, nid: int = 0, content: Content = 0) -> Folio:
-        """Allocate a folio whose pages hold ``content`` (a zeroed page by default)."""
+        """Allocate a folio whose pages hold ``content`` (a zeroed page by default); None
+        when the fault injection (``failslab``) makes it fail."""
+        if self.failslab is not None and self.failslab.should_fail("folio"):
+            return None
         pfn = self._alloc_frames(order, nid)
         folio = LargeFolio(pfn, order) if order else Folio(pfn, order)
         pf = self.page_folio

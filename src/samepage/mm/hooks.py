@@ -62,3 +62,19 @@ class SanitizerHooks:
 
     def folio_op(self, op: str, folio) -> None:
         """A folio operation that went well (recorded as a step)."""
+
+    def mm_op(self, op: str, mm) -> None:
+        """``mmgrab``/``mmdrop`` of ``mm`` is about to happen (``mm_count`` not yet changed)."""
+
+    def mm_freed(self, mm) -> None:
+        """``mm``'s ``mm_count`` reached 0: the struct is freed (``__mmdrop``)."""
+
+    def mm_access(self, mm, op: str) -> None:
+        """ksmd is about to use ``mm`` (through its mm_slot)."""
+
+    def vma_freed(self, vma) -> None:
+        """``vma`` was unmapped (``munmap``) or torn down with its mm (``exit``)."""
+
+    def vma_access(self, ksm, vma, op: str, need_lock: bool = True) -> None:
+        """``op`` is about to read or change ``vma``'s page table (by ksmd, which must hold
+        the mm's mmap lock when ``need_lock``)."""

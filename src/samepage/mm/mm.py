@@ -3,8 +3,9 @@
 Models the pieces of ``mm/mmap.c``, ``mm/vma.c``, ``mm/madvise.c``, ``mm/memory.c``
 (``handle_mm_fault``, ``do_anonymous_page``, ``do_wp_page``, ``wp_can_reuse_anon_folio``,
 ``wp_page_copy``, ``wp_page_reuse``, ``zap_pte_range``, ``copy_present_pte``),
-``kernel/fork.c`` (``dup_mmap``), ``kernel/exit.c``/``__mmput`` and the prctl of
-``kernel/sys.c`` that KSM interacts with.
+``kernel/fork.c`` (``dup_mmap``), ``kernel/exit.c``/``__mmput``, the mm lifetime counts
+(``mm_users``, ``mm_count`` with ``mmgrab``/``mmdrop``) and the prctl of ``kernel/sys.c``
+that KSM interacts with.
 
 A VMA's page table is two flat arrays, one slot per virtual page: ``pte[i]`` is the pfn
 mapped there (-1: none) and ``ptef[i]`` its PTE bits (``PTE_WRITE``, ``PTE_DIRTY``,
@@ -73,6 +74,13 @@ class VmFault(Exception):
     """SIGSEGV: an access outside any VMA or against its protection."""
 
 
+class FaultOOM(OSError):
+    """VM_FAULT_OOM: a fault could not allocate its folio (``-ENOMEM``)."""
+
+    def __init__(self, what: str):
+        super().__init__(errno.ENOMEM, f"{what}: out of memory")
+
+
 class AnonVma:
     """``struct anon_vma``: finds every VMA that may map a folio faulted under it."""
 
@@ -102,7 +110,7 @@ class Vma:
     """``struct vm_area_struct`` with its slice of the page table."""
 
     __slots__ = ("mm", "start", "end", "flags", "anon_vma", "pte", "ptef", "name", "pgoff",
-                 "file", "__weakref__")
+                 "file", "dead", "__weakref__")
 
     def __init__(self, mm: "MM", start: int, end: int, flags: int, name: str | None = None):
         self.mm = mm
@@ -116,6 +124,7 @@ class Vma:
         self.name = name
         self.pgoff = start >> PAGE_SHIFT
         self.file = None
+        self.dead = None           # why it is gone ("munmap", "exit"): vm_area_free()d
 
     @property
     def nr_pages(self) -> int:
@@ -136,7 +145,8 @@ class Vma:
 class MM:
     """``struct mm_struct`` of one process."""
 
-    __slots__ = ("mem", "name", "pid", "vmas", "vma_names", "flags", "mm_users", "nid",
+    __slots__ = ("mem", "name", "pid", "vmas", "vma_names", "flags", "mm_users", "mm_count",
+                 "nid",
                  "ksm_merging_pages", "ksm_rmap_items", "ksm_zero_pages", "anon_rss",
                  "next_addr", "pte_tables", "__weakref__")
 
@@ -152,7 +162,8 @@ class MM:
         self.vmas: list[Vma] = []
         self.vma_names: dict[str, Vma] = {}   # name -> its lowest VMA (a split keeps the name)
         self.flags = 0
-        self.mm_users = 1
+        self.mm_users = 1          # the address space's users (0: exited, ksm_test_exit)
+        self.mm_count = 1          # references to the struct: mm_users' one, mmgrab()s
         self.nid = nid
         self.ksm_merging_pages = 0
         self.ksm_rmap_items = 0
@@ -221,6 +232,9 @@ class MM:
         i = bisect_right(vmas, vma.start, key=_vma_start) - 1
         assert vmas[i] is vma
         del vmas[i]
+        vma.dead = "munmap"
+        if self.mem.sanitizer is not None:
+            self.mem.sanitizer.vma_freed(vma)
         name = vma.name
         if name is not None and self.vma_names.get(name) is vma:
             # rare (munmap of a named region's first part): find the next of that name
@@ -247,6 +261,7 @@ class MM:
         new.name = vma.name
         new.pgoff = vma.pgoff + i
         new.file = vma.file
+        new.dead = None
         vma.end = addr
         del vma.pte[i:]
         del vma.ptef[i:]
@@ -313,19 +328,25 @@ class MM:
                     continue                      # pmd_none() is false: PTE-level fault
             elif any(vma.pte[j] >= 0 for j in range(base, base + n)):
                 continue                          # pte_range_none() is false
-            return self._map_new_large_folio(vma, base, order, i)
-        self.pte_tables.add((vpn0 + i) >> HPAGE_PMD_ORDER)
+            pfn = self._map_new_large_folio(vma, base, order, i)
+            if pfn is not None:
+                return pfn                        # else fall back to a smaller order
         folio = mem.folio_alloc(0, self.nid)
+        if folio is None:
+            raise FaultOOM("do_anonymous_page")
+        self.pte_tables.add((vpn0 + i) >> HPAGE_PMD_ORDER)
         self._add_new_anon_rmap(folio, vma, i)
         mem.folio_add_lru(folio)
         vma.pte[i] = folio.pfn
         vma.ptef[i] = PTE_WRITE | PTE_DIRTY
         return folio.pfn
 
-    def _map_new_large_folio(self, vma: Vma, base: int, order: int, i: int) -> int:
+    def _map_new_large_folio(self, vma: Vma, base: int, order: int, i: int) -> int | None:
         mem = self.mem
         n = 1 << order
         folio = mem.folio_alloc(order, self.nid)
+        if folio is None:
+            return None
         folio.flags |= PG_ANON | PG_LRU
         folio.mapping = vma.anon_vma
         mem.page_index[folio.pfn] = vma.pgoff + base
@@ -450,6 +471,8 @@ class MM:
         else:
             old = mem.page_folio[old_pfn]
             new = mem.folio_alloc(0, self.nid, mem.page_content[old_pfn])
+        if new is None:
+            raise FaultOOM("wp_page_copy")
         self._add_new_anon_rmap(new, vma, i)
         mem.folio_add_lru(new)
         vma.pte[i] = new.pfn
@@ -649,12 +672,18 @@ class MM:
             return
         self.mm_users = 0
         self.mem.ksm.ksm_exit(self)
+        san = self.mem.sanitizer
         for vma in self.vmas:
             self.zap_pte_range(vma, 0, vma.nr_pages)
             if vma.anon_vma is not None:
                 vma.anon_vma.unlink(vma)
+            vma.dead = "exit"
+            if san is not None:
+                san.vma_freed(vma)
         self.vmas = []
         self.vma_names = {}
+        self.pte_tables = set()              # free_pgtables
+        mmdrop(self)                         # mm_users' reference on the struct
 
     # -- inspection ----------------------------------------------------------------------
     def iter_present(self):
@@ -669,9 +698,28 @@ class MM:
 _vma_start = attrgetter("start")
 
 
+def mmgrab(mm: MM) -> None:
+    """Pin the mm struct (not the address space): ``mm_count++``."""
+    san = mm.mem.sanitizer
+    if san is not None:
+        san.mm_op("mmgrab", mm)
+    mm.mm_count += 1
+
+
+def mmdrop(mm: MM) -> None:
+    """``mm_count--``; at 0 the struct is freed (``__mmdrop``)."""
+    san = mm.mem.sanitizer
+    if san is not None:
+        san.mm_op("mmdrop", mm)
+    mm.mm_count -= 1
+    if mm.mm_count == 0 and san is not None:
+        san.mm_freed(mm)
+
+
 def is_zero_folio(folio: Folio) -> bool:
     return bool(folio.flags & PG_ZERO)
 
 
-__all__ = [n for n in dir() if n.isupper()] + ["MM", "Vma", "AnonVma", "VmFault",
-                                                "ZERO_PFN", "is_zero_folio"]
+__all__ = [n for n in dir() if n.isupper()] + ["MM", "Vma", "AnonVma", "VmFault", "FaultOOM",
+                                                "ZERO_PFN", "is_zero_folio", "mmgrab",
+                                                "mmdrop"]
