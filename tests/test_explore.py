@@ -144,7 +144,7 @@ ops = [
      "thread[0].ops[0].pages", "required"),
     ('[[thread]]\nname = "t"\nprocess = "a"\nops = [{ op = "zap", region = "ram", '
      'pages = [9] }]\n', "thread[0].ops[0].pages", "outside"),
-    ('[[thread]]\nname = "t"\nprocess = "a"\nops = [{ op = "mergeable", region = "ram" }]\n',
+    ('[[thread]]\nname = "t"\nprocess = "a"\nops = [{ op = "mremap", region = "ram" }]\n',
      "thread[0].ops[0].op", ""),
     ('[[thread]]\nname = "t"\nprocess = "a"\nafter_batch = 3\nops = [{ op = "exit" }]\n',
      "thread[0].after_batch", "run.batches"),

@@ -366,20 +366,31 @@ THREAD_OPS = ("write", "zap", "unmergeable", "munmap", "fork", "exit")
 
 
 class ThreadOpCfg(_Model):
-    """One operation of a ``[[thread]]`` (an inline table): the event vocabulary's
-    ``write``, ``zap``, ``unmergeable`` (an unmerge path), ``munmap``, ``fork`` and ``exit``,
-    with the same keys."""
+    """One operation of a ``[[thread]]`` (an inline table): the event vocabulary (``write``,
+    ``zap``, ``mergeable``, ``unmergeable`` (an unmerge path), ``munmap``, ``fork``, ``exit``,
+    ``merge_any`` (prctl) and ``set`` (a sysfs write, e.g. ``run = 2``)), with the same keys."""
 
-    op: Literal["write", "zap", "unmergeable", "munmap", "fork", "exit"]
+    op: Literal["write", "zap", "mergeable", "unmergeable", "munmap", "fork", "exit",
+                "merge_any", "set"]
     region: Name | None = None
     pages: Annotated[list[PageIndex], Field(min_length=1)] | None = None
     range: Annotated[list[PageIndex], Field(min_length=2, max_length=2)] | None = None
     token: Token | None = None
     child: Name | None = None
+    value: bool | int | str | None = None
+    tunable: str | None = None
 
     @model_validator(mode="after")
     def _check_op(self) -> ThreadOpCfg:
-        _check_op_keys(self, ("region", "pages", "range", "token", "child"))
+        _check_op_keys(self, ("region", "pages", "range", "token", "child", "value",
+                              "tunable"))
+        if self.op == "merge_any" and not isinstance(self.value, bool):
+            _fail(f"must be a boolean (got {_show(self.value)})", "value")
+        if self.op == "set":
+            try:
+                self.value = check_tunable(self.tunable, self.value, in_ksm_table=False)
+            except TunableError as e:
+                _fail(e.msg, "tunable" if e.part == "name" else "value")
         return self
 
     def page_indices(self, n_pages: int) -> list[int]:
@@ -398,6 +409,10 @@ class ThreadOpCfg(_Model):
             parts.append(f"token={self.token}")
         if self.child is not None:
             parts.append(f"child={self.child}")
+        if self.tunable is not None:
+            parts.append(f"{self.tunable}={self.value}")
+        elif self.value is not None:
+            parts.append(f"value={self.value}")
         return " ".join(parts)
 
 
