@@ -795,8 +795,8 @@ class Ksm(KsmHooks):
             mm = slot.mm
             if mem.sanitizer is not None:
                 mem.sanitizer.mm_access(mm, "scan_get_next_rmap_item")
-            if self.preempt is not None:
-                self.preempt("scan:next-mm")          # before mmap_read_lock(mm)
+            if self.preempt is not None and not scan.address:
+                self.preempt("scan:next-mm")          # a new mm, before mmap_read_lock(mm)
             exiting = mm.mm_users == 0
             if not exiting:
                 vmas = mm.vmas
