@@ -572,6 +572,11 @@ def explore(
         "--force", help="Replace an existing --save FILE.")] = False,
     replay_file: Annotated[Optional[str], typer.Option(
         "--replay", metavar="FILE", help="Replay the schedule saved in FILE.")] = None,
+    fail_alloc: Annotated[Optional[str], typer.Option(
+        "--fail-alloc", metavar="SITES",
+        help="Also explore allocation failures (-ENOMEM) at these sites: rmap_item, "
+             "stable_node, stable_node_chain, folio (comma-separated) or all; each failure "
+             "counts as a preemption. Give it again with --replay.")] = None,
     patch: PatchOpt = None,
 ) -> None:
     """Explore interleavings of ksmd with the scenario's [[thread]]s under the sanitizer.
@@ -585,6 +590,15 @@ def explore(
     from samepage.ksm.same_folio import STRATEGIES
 
     apply_patch_option(patch)
+    if fail_alloc is not None:
+        from samepage import failinject
+        from samepage.mm.failslab import parse_sites
+        try:
+            failinject.FAIL_ALLOC = parse_sites(fail_alloc)
+        except ValueError as e:
+            error_exit(f"--fail-alloc: {e}")
+        from typer._click.globals import get_current_context
+        get_current_context().call_on_close(lambda: setattr(failinject, "FAIL_ALLOC", ()))
     sc = load(scenario)
     if sc.timed:
         error_exit(f"{scenario}: explore runs events between batches only; at_ms events and "
