@@ -563,6 +563,10 @@ def explore(
     bound: Annotated[int, typer.Option(
         "--bound", min=0, max=1000, metavar="K",
         help="exhaustive: at most K preemptions of ksmd; pct: K change points.")] = 2,
+    jobs: Annotated[int, typer.Option(
+        "--jobs", "-j", min=1, max=256, metavar="N",
+        help="Explore in N processes (exhaustive: the same schedule as one process finds "
+             "first; random/pct: one seed per chunk of schedules).")] = 1,
     save: Annotated[Optional[str], typer.Option(
         "--save", metavar="FILE",
         help="Where to save a failing schedule (default: SCENARIO's name with .schedule.json, "
@@ -651,11 +655,15 @@ def explore(
     with reported_errors():
         try:
             res = ex_mod.explore(sc, same_folio, strategy, budget=budget, schedules=schedules,
-                                 seed=seed, bound=bound, progress=progress)
+                                 seed=seed, bound=bound, progress=progress, jobs=jobs)
         finally:
             progress.close()
     what = (f"{res.schedules} schedules, {res.steps} steps (preemption points visited) "
             f"in {res.elapsed:.1f} s")
+    if strategy == "exhaustive":
+        what += f", {res.states} distinct states, preemption bound {bound}"
+    if jobs > 1:
+        what += f", {jobs} jobs"
     head = f"explore {scenario} ({same_folio}, {strategy})"
     if res.found is None:
         if res.stopped == "complete":
