@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install build bench fuzz clean
+.PHONY: demo test install build bench fuzz zoo clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,6 +32,11 @@ FUZZ_OUT ?= $(or $(TMPDIR),/tmp)/samepage-fuzz.json
 fuzz: build
 	HYPOTHESIS_PROFILE=fuzz SAMEPAGE_LIVE=0 $(PY) -m pytest -q tests/test_fuzz.py
 	$(PY) tools/fuzz_campaign.py -o $(FUZZ_OUT)
+
+# The zoo of real KSM bugs: each examples/bugs patch found (60 s budget), each scenario clean
+# unpatched; a table, exit 1 if any expectation fails.
+zoo: build
+	$(PY) examples/bugs/run_zoo.py --budget 60
 
 clean:
 	rm -rf $(VENV) build src/samepage/_compiled.json

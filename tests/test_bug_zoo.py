@@ -20,7 +20,8 @@ BUGS = os.path.join(ROOT, "examples", "bugs")
 ZOO = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(BUGS, "*.py"))
              if os.path.exists(p[:-3] + ".toml"))
 KIND = {"scan-exit-null-deref": "oops", "zero-pages-lost-update": "counters-inconsistent",
-        "thp-early-put": "use-after-free"}
+        "thp-early-put": "use-after-free", "unmerge-exit-vma": "vma-use-after-free",
+        "mm-slot-early-mmdrop": "mm-use-after-free"}
 
 
 def test_the_zoo_is_there():
@@ -64,3 +65,16 @@ def test_cli_exit_status_and_schedule(tmp_path):
     r = subprocess.run(cmd + ["explore", os.path.join(BUGS, bug + ".toml")],
                        capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert r.returncode == 0 and "nothing found" in r.stdout
+
+
+def test_run_zoo_script_table(tmp_path):
+    """examples/bugs/run_zoo.py (make zoo) with a small budget: every bug found, every
+    unpatched scenario clean, exit 0, one table row per bug."""
+    r = subprocess.run([sys.executable, os.path.join(BUGS, "run_zoo.py"), "--budget", "20"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for bug in ZOO:
+        assert bug in r.stdout
+    for kind in KIND.values():
+        assert kind in r.stdout
+    assert not list(tmp_path.iterdir())          # nothing written

@@ -155,8 +155,9 @@ class MM:
     def __init__(self, mem: Memory, name: str, nid: int = 0):
         self.mem = mem
         self.name = name
-        MM._next_pid += 1
-        self.pid = MM._next_pid
+        # pids count per machine (Memory), so that a replayed schedule names the same mm
+        mem.next_pid = getattr(mem, "next_pid", MM._next_pid) + 1
+        self.pid = mem.next_pid
         # Sorted by start and never overlapping: lookups bisect it, O(log N) as the
         # kernel's maple tree gives (vma_lookup, vma_iter_init).
         self.vmas: list[Vma] = []
