@@ -49,10 +49,10 @@ def schedule_base(tmp: Path) -> dict:
     """A real schedule: what ``samepage explore SEED --same-folio early-put`` saves."""
     scen = str(SEED_SCENARIO)
     return {"scenario": scen, "same_folio": "early-put", "strategy": "exhaustive", "seed": 0,
-            "decisions": [{"step": 4, "point": "unstable_search:after-found",
+            "decisions": [{"step": 8, "point": "unstable_search:after-found",
                            "thread": "zapper", "op": "zap ram pages=[0]"}],
             "report": {"kind": "use-after-free", "op": "try_to_merge_one_page",
-                       "function": "try_to_merge_one_page (ksm.py:922)",
+                       "function": "try_to_merge_one_page (ksm.py:1033)",
                        "summary": "use-after-free: try_to_merge_one_page"}}
 
 
