@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from samepage.scenario.errors import ScenarioError
+from samepage.scenario.errors import ScenarioError, open_input
 
 from .procfs import CHUNK, VMA_EXEC, VMA_FLAGS_UNKNOWN, VMA_READ, VMA_WRITE
 from .snapshot import CapturedProcess, CapturedVma
@@ -66,14 +66,7 @@ def open_core(path: str):
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
 
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise ScenarioError(path, "(file)", "file not found") from None
-    except IsADirectoryError:
-        raise ScenarioError(path, "(file)", "is a directory") from None
-    except OSError as e:
-        raise ScenarioError(path, "(file)", f"cannot read: {e.strerror or e}") from None
+    f = open_input(path)
     try:
         if f.read(4) != b"\x7fELF":
             raise ScenarioError(path, "(file)", "not an ELF core file (no ELF header)")

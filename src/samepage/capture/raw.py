@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from samepage.scenario.errors import ScenarioError
+from samepage.scenario.errors import ScenarioError, open_input
 
 from .elfcore import read_file_digests
 from .procfs import CHUNK, VMA_FLAGS_UNKNOWN, VMA_READ, VMA_WRITE
@@ -21,18 +21,10 @@ def capture_raw(path: str, offset: int = 0, length: int | None = None, *,
                 on_total: Callable[[int], None] | None = None,
                 on_bytes: Callable[[int], None] | None = None,
                 chunk: int = CHUNK) -> tuple[CapturedProcess, int]:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        raise ScenarioError(path, "(file)", "file not found") from None
-    except IsADirectoryError:
-        raise ScenarioError(path, "(file)", "is a directory") from None
-    except OSError as e:
-        raise ScenarioError(path, "(file)", f"cannot read: {e.strerror or e}") from None
+    f = open_input(path)
+    fd = f.fileno()
     try:
         size = os.fstat(fd).st_size
-        if os.path.isdir(path):
-            raise ScenarioError(path, "(file)", "is a directory")
         if offset < 0 or offset % PAGE_SIZE:
             raise ScenarioError(path, "--offset", f"{offset} is not a multiple of the page "
                                                   f"size ({PAGE_SIZE})")
@@ -48,7 +40,7 @@ def capture_raw(path: str, offset: int = 0, length: int | None = None, *,
             on_total(length)
         d = read_file_digests(fd, offset, length, bytearray(min(chunk, length)), on_bytes)
     finally:
-        os.close(fd)
+        f.close()
     n = length // PAGE_SIZE
     vma = CapturedVma("raw", offset, n, VMA_READ | VMA_WRITE | VMA_FLAGS_UNKNOWN, 0,
                       np.arange(n, dtype=np.uint64), d, np.zeros(n, np.uint8),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import BinaryIO
+
 
 class ScenarioError(Exception):
     """A scenario (or trace) problem, located by file and key path.
@@ -20,3 +22,22 @@ class ScenarioError(Exception):
 
     def __reduce__(self):  # keep pickling working with the 3-argument constructor
         return (type(self), (self.file, self.key, self.msg))
+
+
+def open_input(path: str, what: str = "") -> "BinaryIO":
+    """Open the input file ``path`` for reading (binary); every way that fails is one
+    ScenarioError naming the file. ``what`` (e.g. "ELF core") only words the message."""
+    import os
+
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise ScenarioError(path, "(file)", "file not found") from None
+    except IsADirectoryError:
+        raise ScenarioError(path, "(file)", "is a directory") from None
+    except OSError as e:
+        raise ScenarioError(path, "(file)", f"cannot read: {e.strerror or e}") from None
+    if os.path.isdir(path):   # opening a directory read-only can succeed on some systems
+        f.close()
+        raise ScenarioError(path, "(file)", "is a directory")
+    return f

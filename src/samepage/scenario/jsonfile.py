@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from .errors import ScenarioError
+from .errors import ScenarioError, open_input
 
 #: Default caps: far above any file samepage writes, far below what hurts.
 MAX_BYTES = 64 * 1024 * 1024
@@ -151,15 +151,11 @@ def parse_json(text: str, filename: str, *, key: str | None = None,
 def read_text_file(path: str | os.PathLike[str], *, max_bytes: int = MAX_BYTES) -> str:
     """The UTF-8 text of ``path``, at most ``max_bytes`` bytes; failures as ScenarioError."""
     filename = os.fspath(path)
-    try:
-        with open(filename, "rb") as f:
+    with open_input(filename) as f:
+        try:
             raw = f.read(max_bytes + 1)
-    except FileNotFoundError:
-        raise ScenarioError(filename, "(file)", "file not found") from None
-    except IsADirectoryError:
-        raise ScenarioError(filename, "(file)", "is a directory") from None
-    except OSError as e:
-        raise ScenarioError(filename, "(file)", f"cannot read: {e.strerror or e}") from None
+        except OSError as e:
+            raise ScenarioError(filename, "(file)", f"cannot read: {e.strerror or e}") from None
     if len(raw) > max_bytes:
         raise ScenarioError(filename, "(file)", f"file too large (more than {max_bytes} bytes)")
     try:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from samepage.scenario import ScenarioError
+from samepage.scenario.errors import open_input
 
 from .cell import (
     MIB,
@@ -57,15 +58,8 @@ def load_input(path: str) -> Input:
         text = sys.stdin.read()
         sc = load_scenario_text(text, STDIN_NAME)
         return Input(STDIN_NAME, "scenario", sc.name or "stdin", tomllib.loads(text))
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except FileNotFoundError:
-        raise ScenarioError(path, "(file)", "file not found") from None
-    except IsADirectoryError:
-        raise ScenarioError(path, "(file)", "is a directory") from None
-    except OSError as e:
-        raise ScenarioError(path, "(file)", f"cannot read: {e.strerror or e}") from None
+    with open_input(path) as f:
+        head = f.read(4)
     if head == ZIP_MAGIC:
         from samepage.capture import load_snapshot
 
