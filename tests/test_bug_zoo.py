@@ -5,6 +5,7 @@ explores clean unpatched."""
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import subprocess
 import sys
@@ -12,6 +13,8 @@ import sys
 import pytest
 
 from samepage import explore as E
+from samepage import failinject
+from samepage.mm.failslab import parse_sites
 from samepage.patch import load_patch
 from samepage.scenario import load_scenario
 
@@ -21,7 +24,22 @@ ZOO = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(BUGS, "*.p
              if os.path.exists(p[:-3] + ".toml"))
 KIND = {"scan-exit-null-deref": "oops", "zero-pages-lost-update": "counters-inconsistent",
         "thp-early-put": "use-after-free", "unmerge-exit-vma": "vma-use-after-free",
-        "mm-slot-early-mmdrop": "mm-use-after-free"}
+        "mm-slot-early-mmdrop": "mm-use-after-free",
+        "unmerge-fork-behind-cursor": "ksm-page-after-unmerge",
+        "unmerge-oom-ignored": "ksm-page-after-unmerge"}
+_spec = importlib.util.spec_from_file_location("run_zoo", os.path.join(BUGS, "run_zoo.py"))
+run_zoo = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(run_zoo)
+
+
+@pytest.fixture
+def fail_alloc(monkeypatch):
+    """Sets failinject.FAIL_ALLOC as ``--fail-alloc`` would for a bug that needs it."""
+    def set_for(bug):
+        extra = run_zoo.EXTRA.get(bug, [])
+        sites = extra[extra.index("--fail-alloc") + 1] if "--fail-alloc" in extra else None
+        monkeypatch.setattr(failinject, "FAIL_ALLOC", parse_sites(sites) if sites else ())
+    return set_for
 
 
 def test_the_zoo_is_there():
@@ -29,7 +47,8 @@ def test_the_zoo_is_there():
 
 
 @pytest.mark.parametrize("bug", ZOO)
-def test_patched_found_and_replayed(bug):
+def test_patched_found_and_replayed(bug, fail_alloc):
+    fail_alloc(bug)
     sc = load_scenario(os.path.join(BUGS, bug + ".toml"))
     with load_patch(os.path.join(BUGS, bug + ".py")).applied():
         res = E.explore(sc, "v6.18", budget=30)
@@ -42,10 +61,22 @@ def test_patched_found_and_replayed(bug):
 
 
 @pytest.mark.parametrize("bug", ZOO)
-def test_unpatched_clean(bug):
+def test_unpatched_clean(bug, fail_alloc):
+    fail_alloc(bug)
     sc = load_scenario(os.path.join(BUGS, bug + ".toml"))
     res = E.explore(sc, "v6.18", budget=20, schedules=150)
     assert res.found is None, res.found and res.found.report.summary()
+
+
+def test_oom_bug_needs_its_allocation_failure():
+    """unmerge-oom-ignored is only an -ENOMEM path: without --fail-alloc the patched
+    scenario explores clean, so the failure injection is what finds it."""
+    bug = "unmerge-oom-ignored"
+    assert failinject.FAIL_ALLOC == ()
+    sc = load_scenario(os.path.join(BUGS, bug + ".toml"))
+    with load_patch(os.path.join(BUGS, bug + ".py")).applied():
+        res = E.explore(sc, "v6.18", budget=20, schedules=150)
+    assert res.found is None
 
 
 def test_cli_exit_status_and_schedule(tmp_path):

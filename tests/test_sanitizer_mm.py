@@ -248,3 +248,30 @@ def test_quarantine_releases_the_oldest():
     assert m.sanitizer.quarantined == 3
     assert sorted(p for _, q in m.sanitizer.quarantine for p in q) == sorted(pfns[2:])
     assert m.mem.nr_free_frames == 2
+
+
+def test_run2_leaves_no_ksm_page_mapped():
+    # the unpatched model: run = 2 unmerges every live mm, a forked child's too
+    m, a, b = two_processes()
+    m.run_full_scans(3)
+    assert m.counters()["pages_sharing"] > 0
+    a.fork("c")
+    m.sysfs_write("run", 2)                    # check_all after it: nothing
+    assert m.counters()["pages_shared"] == 0
+    m.sanitizer.check_all(m)
+
+
+def test_ksm_page_left_mapped_after_run2(tmp_path):
+    # an unmerge that breaks no COW: run = 2 returns 0 with KSM pages still mapped
+    m, a, b = two_processes()
+    m.run_full_scans(3)
+    with patch(tmp_path, """
+        def break_ksm(ksm, vma, start, end):
+            return 0
+    """), pytest.raises(SanitizerReport) as e:
+        m.sysfs_write("run", 2)
+    assert e.value.kind == "ksm-page-after-unmerge" and e.value.kind in KINDS
+    assert "run = 2 finished but a ram[0] still maps KSM pfn" in e.value.detail
+    # while run = 2 is still unmerging (its cursor set), the same state is no report
+    m.ksm.ksm_scan.mm_slot = m.ksm.mm_list[0]
+    m.sanitizer.check_all(m)

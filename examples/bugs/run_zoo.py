@@ -21,6 +21,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 FOUND = re.compile(r"\): (\S+) found after (\d+) schedules")
 CLEAN = re.compile(r"nothing found: (\d+) schedules")
+#: explore options a bug needs, patched, unpatched and replayed alike
+EXTRA = {"unmerge-oom-ignored": ["--fail-alloc", "folio"]}
 
 
 def _samepage() -> list[str]:
@@ -39,13 +41,15 @@ def run_bug(bug: str, budget: float, tmp: str) -> tuple[list[str], bool]:
     scen = os.path.join(HERE, bug + ".toml")
     patch = os.path.join(HERE, bug + ".py")
     sched = os.path.join(tmp, bug + ".schedule.json")
+    extra = EXTRA.get(bug, [])
     ok = True
-    rc, out, secs = _explore([scen, "--patch", patch, "--save", sched, "--force"], tmp,
-                             budget)
+    rc, out, secs = _explore([scen, "--patch", patch, "--save", sched, "--force", *extra],
+                             tmp, budget)
     m = FOUND.search(out)
     if rc == 1 and m:
         kind, n = m.group(1), m.group(2)
-        rc2, out2, _ = _explore([scen, "--patch", patch, "--replay", sched], tmp, budget)
+        rc2, out2, _ = _explore([scen, "--patch", patch, "--replay", sched, *extra], tmp,
+                               budget)
         replayed = rc2 == 1 and "reproduced" in out2
         ok &= replayed
         patched = [f"{secs:.1f}", kind, n, "yes" if replayed else "NO"]
@@ -53,7 +57,8 @@ def run_bug(bug: str, budget: float, tmp: str) -> tuple[list[str], bool]:
         ok = False
         patched = ["NOT FOUND" if rc == 0 else f"exit {rc}", "-", "-", "-"]
     # unpatched: were something found, its schedule would go to a file of its own
-    rc, out, secs = _explore([scen, "--save", sched + ".unpatched", "--force"], tmp, budget)
+    rc, out, secs = _explore([scen, "--save", sched + ".unpatched", "--force", *extra], tmp,
+                               budget)
     m = CLEAN.search(out)
     if rc == 0 and m:
         unpatched = [m.group(1), "yes" if "whole space" in out else "no (budget)"]

@@ -31,7 +31,10 @@ that did it, where the folio was freed (if it was) and the last steps that led t
   or torn down with its mm (``exit``);
 * ``mmap-lock-not-held``: ksmd changes a VMA's PTEs without that mm's mmap lock;
 * ``null-dereference``: engine code dereferenced None (a None VMA, a missing folio):
-  the AttributeError becomes a report naming the innermost model function.
+  the AttributeError becomes a report naming the innermost model function;
+* ``ksm-page-after-unmerge``: ``run = 2`` finished (``unmerge_and_remove_all_rmap_items``
+  returned 0) yet a live mm still maps a KSM page (what remove_stable_node's
+  ``WARN_ON_ONCE(folio_mapped(folio))`` says "shouldn't occur").
 
 Freed frames go into a quarantine (``QUARANTINE`` frames, FIFO, as KASAN's) before the
 allocator may reuse them, so that a late access to a freed pfn is still reported against
@@ -44,6 +47,7 @@ import os
 import sys
 from collections import Counter, deque
 
+from samepage.ksm.ksm import KSM_RUN_UNMERGE
 from samepage.ksm.rbtree import rb_inorder
 from samepage.ksm.structs import STABLE_FLAG, STABLE_NODE_CHAIN, UNSTABLE_FLAG
 from samepage.mm.folio import PG_FREED, PG_KSM, PG_ZERO, SECTION_SHIFT, ZERO_PFN
@@ -54,7 +58,7 @@ from samepage.mm.mm import PTE_DIRTY, PTE_PMD, PTE_SPECIAL, PTE_WRITE
 KINDS = ("use-after-free", "put-on-zero-refcount", "refcount-below-mapcount",
          "unlock-unlocked", "mapcount-mismatch", "ksm-page-writable", "counters-inconsistent",
          "mm-use-after-free", "mm-refcount-mismatch", "vma-use-after-free",
-         "mmap-lock-not-held", "null-dereference")
+         "mmap-lock-not-held", "null-dereference", "ksm-page-after-unmerge")
 
 STEPS_KEPT = 200
 STEPS_SHOWN = 25
@@ -337,8 +341,12 @@ class Sanitizer(SanitizerHooks):
         pmd_entries: Counter = Counter()
         seen: dict[int, object] = {}
         zero_ptes = 0
+        ksm = machine.ksm
+        # run = 2 done (its cursor is back to NULL): every live mm was unmerged
+        unmerged = ksm.ksm_run == KSM_RUN_UNMERGE and ksm.ksm_scan.mm_slot is None
         for mm in mms:
             mm_zero = 0
+            check_unmerged = unmerged and mm.mm_users > 0
             for vma in mm.vmas:
                 pte, ptef = vma.pte, vma.ptef
                 for i in range(len(pte)):
@@ -366,6 +374,10 @@ class Sanitizer(SanitizerHooks):
                         fail("ksm-page-writable", folio,
                              f"{mm.name} {vma.name or hex(vma.start)}[{i}] maps KSM pfn "
                              f"{pfn} writable")
+                    if check_unmerged and folio.flags & PG_KSM:
+                        fail("ksm-page-after-unmerge", folio,
+                             f"run = 2 finished but {mm.name} "
+                             f"{vma.name or hex(vma.start)}[{i}] still maps KSM pfn {pfn}")
             if mm.ksm_zero_pages != mm_zero:
                 fail("counters-inconsistent", None,
                      f"{mm.name}.ksm_zero_pages {mm.ksm_zero_pages} != {mm_zero} KSM zero PTEs")
