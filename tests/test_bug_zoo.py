@@ -26,7 +26,8 @@ KIND = {"scan-exit-null-deref": "oops", "zero-pages-lost-update": "counters-inco
         "thp-early-put": "use-after-free", "unmerge-exit-vma": "vma-use-after-free",
         "mm-slot-early-mmdrop": "mm-use-after-free",
         "unmerge-fork-behind-cursor": "ksm-page-after-unmerge",
-        "unmerge-oom-ignored": "ksm-page-after-unmerge"}
+        "unmerge-oom-ignored": "ksm-page-after-unmerge",
+        "fork-inherits-ksm-counters": "counters-inconsistent"}
 _spec = importlib.util.spec_from_file_location("run_zoo", os.path.join(BUGS, "run_zoo.py"))
 run_zoo = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(run_zoo)
