@@ -128,6 +128,22 @@ class MachineCfg(_Model):
     numa_nodes: Annotated[int, Field(ge=1, le=64)] = 1
     thp: Literal["always", "madvise", "never"] | None = None
     mthp_kb: list[Annotated[int, AfterValidator(_check_mthp)]] = Field(default_factory=list)
+    # host memory (model only; samepage.mm.meminfo): RAM, memory used outside the scenario,
+    # page cache (Cached); None: no host memory model (a policy then cannot run)
+    memory_mb: Annotated[int, Field(ge=1, le=1 << 32)] | None = None
+    baseline_mb: Annotated[int, Field(ge=0, le=1 << 32)] = 0
+    cached_mb: Annotated[int, Field(ge=0, le=1 << 32)] = 0
+
+    @model_validator(mode="after")
+    def _check_host(self) -> MachineCfg:
+        if self.memory_mb is None:
+            for key in ("baseline_mb", "cached_mb"):
+                if getattr(self, key):
+                    _fail("needs machine.memory_mb (the host's RAM)", key)
+        elif self.baseline_mb + self.cached_mb >= self.memory_mb:
+            _fail(f"baseline_mb + cached_mb ({self.baseline_mb + self.cached_mb}) must be < "
+                  f"memory_mb ({self.memory_mb})", "baseline_mb")
+        return self
 
     @field_validator("mthp_kb")
     @classmethod
@@ -428,6 +444,31 @@ class ThreadCfg(_Model):
     ops: Annotated[list[ThreadOpCfg], Field(min_length=1)]
 
 
+class PolicyCfg(BaseModel):
+    """``[policy]`` (model only): a KSM tuning daemon (samepage.policy) run in simulated
+    time for ``duration_s`` seconds; every other key is an option of that policy."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    name: Name
+    duration_s: Annotated[float, Field(gt=0, le=MAX_SIM_MS / 1000, allow_inf_nan=False)] = 600.0
+    sample_s: Annotated[float, Field(gt=0, le=MAX_SIM_MS / 1000, allow_inf_nan=False)] | None = None
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _check_policy(self) -> PolicyCfg:
+        if ":" in self.name:          # FILE.py:Class, loaded (relative to the file) when run
+            return self
+        from samepage.policy import PolicyError, load_policy
+        try:
+            load_policy(self.name, self.options)
+        except PolicyError as e:
+            _fail(e.msg, e.key)
+        return self
+
+
 class RunCfg(_Model):
     """``[run]``: how many ksmd batches to record."""
 
@@ -470,6 +511,7 @@ class Scenario(_Model):
     events: list[EventCfg] = Field(default_factory=list, alias="event")
     threads: list[ThreadCfg] = Field(default_factory=list, alias="thread")
     rewrites: list[RewriteCfg] = Field(default_factory=list, alias="rewrite")
+    policy: PolicyCfg | None = None
     run: RunCfg
 
     _process_order: list[str] = PrivateAttr(default_factory=list)
