@@ -26,7 +26,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 #: What ``--policy all`` compares (besides "none": the scenario's own settings).
 COMPARED = ("ksmtuned", "proxmox", "mom", "kubevirt", "harvester", "kata", "advisor")
 
-__all__ = ["BUILTIN", "COMPARED", "HostView", "Policy", "PolicyError", "ProcInfo",
+__all__ = ["BUILTIN", "COMPARED", "HostView", "Policy", "PolicyError", "PolicyFileError", "ProcInfo",
            "load_policy", "policy_names"]
 
 

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 
 from samepage.machine import Machine
 from samepage.mm.meminfo import HostMemory
-from samepage.policy import Policy, PolicyError, load_policy
-from samepage.policy.__init__ import PolicyFileError
+from samepage.policy import Policy, PolicyError, PolicyFileError, load_policy
 from samepage.policy.view import MachineView
 
 from .dynamics import scenario_dynamics, sim_ms
