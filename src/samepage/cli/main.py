@@ -263,6 +263,15 @@ def run(
              "counter identical; default on; SAMEPAGE_FAST_FORWARD=0 also turns it off).")
     ] = True,
     patch: PatchOpt = None,
+    policy: Annotated[Optional[str], typer.Option(
+        "--policy", metavar="NAME|FILE.py:Class|all",
+        help="Run a KSM tuning daemon in simulated time (ksmtuned, proxmox, mom, kubevirt, "
+             "harvester, kata, advisor, none, or your own class); 'all' compares them. "
+             "Needs [machine] memory_mb.")] = None,
+    duration: Annotated[Optional[float], typer.Option(
+        "--duration", metavar="S", min=0.001,
+        help="With --policy: simulated seconds to run (default [policy] duration_s, "
+             "or 600).")] = None,
 ) -> None:
     """Run a scenario on the model and print the KSM counters after every ksmd batch."""
     apply_patch_option(patch)
@@ -290,6 +299,23 @@ def run(
             from .strategies import print_same_folio_comparison
             print_same_folio_comparison(stdout_console(), sc, scenario_title(sc, scenario),
                                         batches)
+        return
+    if policy is None and sc.policy is not None:
+        policy = sc.policy.name
+    if policy is not None or duration is not None:       # a tuning policy: simulated time
+        if policy is None:
+            error_exit("--duration goes with --policy (or a [policy] table)")
+        check_plot(plot)
+        with reported_errors():
+            from . import policies as pol_cli
+            title = scenario_title(sc, scenario)
+            if policy == "all":
+                if json_out:
+                    error_exit("--policy all prints a comparison table: it does not take --json")
+                pol_cli.print_policy_comparison(stdout_console(), sc, title, duration, plot)
+            else:
+                pol_cli.run_one(stdout_console(), sc, title, policy, duration, json_out, plot,
+                                quiet)
         return
     check_plot(plot)
     title = scenario_title(sc, scenario)
