@@ -24,6 +24,9 @@ def _policy_or_none(sc, name: str):
 def _source(name: str) -> str:
     if name == "none":
         return "the scenario's [ksm] settings, run = 1 (nobody tunes)"
+    if name == "proxmox":
+        return ("proxmox/ksm-control-daemon @2349336: ksmtuned with KSM_SLEEP_MSEC=100, "
+                "ps -C kvm -o pss")
     base = PRESETS.get(name, (name, {}))[0]
     cls = BUILTIN.get(base)
     return cls.source if cls else name
