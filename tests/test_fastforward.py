@@ -139,6 +139,7 @@ def test_conformance_scenario_identical_with_and_without(toml, monkeypatch):
 
 
 # ------------------------------------------------------------------------------ it skips
+@pytest.mark.unsanitized
 def test_steady_state_is_replayed_not_rescanned(monkeypatch):
     c = Counting(monkeypatch)
     on, _ = workload(True)
@@ -153,6 +154,7 @@ def test_steady_state_is_replayed_not_rescanned(monkeypatch):
     assert on.counters()["full_scans"] == 203
 
 
+@pytest.mark.unsanitized
 def test_single_batches_mid_scan_then_an_event(monkeypatch):
     """The scenario runner's way: one batch at a time, an event inside a scan."""
     c = Counting(monkeypatch)
@@ -181,6 +183,7 @@ def test_peek_mid_scan_materialises(monkeypatch):
         assert digest(on) == digest(off)             # the real state, materialised
 
 
+@pytest.mark.unsanitized
 def test_smart_scan_fixed_point_when_all_merged(monkeypatch):
     c = Counting(monkeypatch)
     on, _ = workload(True, smart=1)
@@ -203,6 +206,7 @@ def test_unique_pages_with_smart_scan_are_never_skipped(monkeypatch):
 
 
 # ------------------------------------------------------------------------------ what ends it
+@pytest.mark.unsanitized
 def test_chain_due_for_pruning_ends_the_skip(monkeypatch):
     """max_page_sharing 2 makes chains; unique pages search the stable tree through them
     every scan; a chain due for pruning (every second of simulated time, a scan takes
@@ -245,6 +249,7 @@ def test_tunable_write_ends_the_skip():
     assert on == off
 
 
+@pytest.mark.unsanitized
 def test_scan_time_advisor_runs_in_replayed_scans(monkeypatch):
     def run(ff):
         m, _ = workload(ff, n=4096, unique=64, sleep=5, advisor_mode="scan-time",
@@ -399,6 +404,7 @@ def test_property_on_equals_off(fills, unique, pages_to_scan, smart, zero, max_s
     assert results[0][1] == results[1][1]
 
 
+@pytest.mark.unsanitized
 def test_replay_needs_the_state_it_was_recorded_from():
     m, p = workload(True)
     m.run_full_scans(3)
@@ -411,6 +417,7 @@ def test_replay_needs_the_state_it_was_recorded_from():
     assert m.ksm.ff_profile is None
 
 
+@pytest.mark.unsanitized
 def test_cli_no_fast_forward(monkeypatch):
     from typer.testing import CliRunner
 
@@ -429,6 +436,7 @@ def test_cli_no_fast_forward(monkeypatch):
     assert n_on > 0 and len(replayed) == n_on            # the second run replayed nothing
 
 
+@pytest.mark.unsanitized
 def test_handing_out_mm_or_mem_drops_the_profile():
     """p.mm and m.mem may be changed behind the API: taking them ends any fast-forward."""
     m, p = workload(True)
@@ -446,6 +454,7 @@ def test_handing_out_mm_or_mem_drops_the_profile():
     assert m.ksm.ff_profile is None
 
 
+@pytest.mark.unsanitized
 def test_scan_rate_benchmark_json(tmp_path):
     """benchmarks/scan_rate.py --json: one object with every phase; the steady phase (many
     scans, replayed) is far faster than the same scans done for real."""

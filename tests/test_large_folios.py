@@ -245,6 +245,7 @@ def zero_layout() -> list[int]:
     return tokens
 
 
+@pytest.mark.unsanitized
 @pytest.mark.parametrize("use_zero_pages", [0, 1])
 def test_b21_ksm_split_maps_every_zero_subpage_to_the_shared_zero_page_at_once(
         use_zero_pages):
@@ -907,6 +908,7 @@ def test_mm_split_remaps_zero_subpages_even_the_callers_page():
     check_invariants(m)
 
 
+@pytest.mark.unsanitized
 def test_mm_split_frees_subpages_that_are_no_longer_mapped():
     """§4.11.2: after a split "the other pages may be freed if they are not mapped": a
     subpage zapped earlier (PTE-mapped THP) must not survive the split as a folio without

@@ -59,6 +59,7 @@ def check_report(rep: SanitizerReport, kind: str, op: str, function: str) -> Non
 # ------------------------------------------------------------------- folio operations
 
 
+@pytest.mark.unsanitized
 def test_off_by_default_and_the_plain_code_runs():
     m = Machine()
     assert m.sanitizer is None and m.mem.sanitizer is None
