@@ -274,3 +274,28 @@ def test_cli_policy_all_compares(tmp_path):
                  "advisor"):
         assert f"\n{name}" in r.stdout or f" {name} " in r.stdout
     assert png.stat().st_size > 1000
+
+
+def test_the_live_harness_refuses_a_policy(tmp_path):
+    """The harness records scenarios on the real KSM; a tuning daemon is the operator's:
+    check_scenario refuses a [policy] in one line (before touching the kernel)."""
+    from samepage.kernel.runner import check_scenario
+    from samepage.scenario import load_scenario_text
+
+    sc = load_scenario_text("""
+[machine]
+memory_mb = 64
+baseline_mb = 40
+[policy]
+name = "ksmtuned"
+[[process]]
+name = "a"
+  [[process.region]]
+  name = "r"
+  pages = 8
+  fill = { kind = "pattern", distinct = 2 }
+[run]
+batches = 2
+""")
+    with pytest.raises(ValueError, match=r"^policy: .*runs on the model only"):
+        check_scenario(sc)

@@ -368,3 +368,60 @@ def test_write_table_csv_roundtrip(tmp_path):
     write_table(str(tmp_path / "t.csv"), rows, ["k"])
     got = list(csv.DictReader((tmp_path / "t.csv").open()))
     assert [g["k"] for g in got] == ["1", "x"] and got[1]["error"] == "boom"
+
+
+HOST = """
+name = "small host"
+[ksm]
+pages_to_scan = 100
+sleep_millisecs = 20
+[machine]
+memory_mb = 64
+baseline_mb = 50
+cached_mb = 2
+[policy]
+name = "none"
+duration_s = 20
+[[process]]
+name = "a"
+  [[process.region]]
+  name = "ram"
+  pages = 600
+  fill = { kind = "pattern", distinct = 40 }
+[[process]]
+name = "b"
+  [[process.region]]
+  name = "ram"
+  pages = 600
+  fill = { kind = "pattern", distinct = 40 }
+[run]
+batches = 8
+"""
+
+
+def test_policy_cells_run_the_policy(tmp_path):
+    """policy.name is a grid key: each cell runs that tuning daemon (as samepage run --policy
+    does), so cells of different policies differ, and a cell equals the direct run."""
+    from samepage.scenario.policy_runner import run_with_policy, scenario_policy
+    from samepage.sweep.cell import summarize_policy_run
+
+    p = tmp_path / "host.toml"
+    p.write_text(HOST)
+    inp = load_input(str(p))
+    cells = build_cells([inp], combinations(parse_grid(["policy.name=ksmtuned,kata"])))
+    rows = run_serial(cells, [inp])
+    assert [r["error"] for r in rows] == ["", ""]
+    assert rows[0]["ksmd_cpu_ms"] != rows[1]["ksmd_cpu_ms"]
+    sc = load_scenario(p).model_copy(deep=True)
+    direct = summarize_policy_run(run_with_policy(sc, scenario_policy(sc, "kata")))
+    assert {k: rows[1][k] for k in direct} == direct
+
+
+def test_a_policy_file_is_refused_in_a_sweep(tmp_path):
+    from samepage.sweep import SweepError
+
+    p = tmp_path / "host.toml"
+    p.write_text(HOST)
+    inp = load_input(str(p))
+    with pytest.raises((SweepError, Exception), match="built-in policies only"):
+        build_cells([inp], combinations(parse_grid(["policy.name=mine.py:Mine"])))

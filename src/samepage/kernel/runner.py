@@ -97,6 +97,10 @@ def check_scenario(scenario) -> None:
         raise ValueError(f"{what}: time-based dynamics (at_ms events, [[rewrite]]) run on the "
                          "model only (samepage run); the live harness applies events after "
                          "the batches it observes (after_batch)")
+    if getattr(scenario, "policy", None) is not None:
+        # a tuning daemon on the real machine is the operator's to run, not the harness's
+        raise ValueError("policy: a [policy] (tuning daemon) runs on the model only "
+                         "(samepage run --policy); remove the table to record the scenario")
     sleep = int(ksm["sleep_millisecs"])
     if sleep < MIN_SLEEP_MS:
         what = (f"sleep_millisecs = {sleep}" if "sleep_millisecs" in scenario.ksm else

@@ -125,8 +125,33 @@ def _run_scenario(cell: Cell) -> dict[str, Any]:
             with open(costs_path, "w") as f:
                 f.write(cell.costs_text)
         sc = scenario_from_data(cell.data, cell.input_name, costs_path)
+        if sc.policy is not None:
+            # a [policy] table (or a policy.name grid key): a run in simulated time for its
+            # duration_s, as `samepage run --policy` does; "none" = nobody tunes
+            from samepage.scenario.policy_runner import run_with_policy, scenario_policy
+
+            pol = scenario_policy(sc) if sc.policy.name != "none" else None
+            return summarize_policy_run(run_with_policy(sc, pol))
         run = run_scenario_on_model(sc)
     return summarize_records(run.records)
+
+
+def summarize_policy_run(run) -> dict[str, Any]:
+    """The result columns of a run under a tuning policy (samepage.scenario.policy_runner):
+    the counters at the end of its simulated duration, saved MiB, when saved memory settled
+    (no batch or full-scan index: a policy may stop and restart ksmd) and ksmd's CPU."""
+    m = run.machine
+    c = m.counters()
+    out: dict[str, Any] = {n: int(c[n]) for n in COUNTER_NAMES}
+    out["saved_mib"] = (c["pages_sharing"] + c["ksm_zero_pages"]) * PAGE_SIZE / MIB
+    conv = run.converged_s()
+    out["converge_batch"] = None
+    out["converge_full_scans"] = None
+    out["converge_ms"] = round(conv * 1000, 3) if conv is not None else None
+    out["t_ms"] = round(run.duration_ms, 3)
+    out["ksmd_cpu_ms"] = round(run.ksmd_cpu_ms, 3)
+    out["ksmd_cpu_percent"] = round(run.cpu_percent, 3)
+    return out
 
 
 #: Snapshots already loaded by this worker process, by sha256 (a sweep sends each once).

@@ -113,11 +113,10 @@ def build_cells(inputs: list[Input], grid_values: list[dict[str, Any]],
                     data = apply(inp.data, values)
                     sc = scenario_from_data(data, inp.name)
                     pol = getattr(sc, "policy", None)
-                    if pol is not None and pol.name != "none":
-                        # the model runner does not run tuning daemons yet: refuse rather
-                        # than report a run without its policy
-                        raise ScenarioError(inp.name, "policy.name", "the sweep cannot run a "
-                                            "[policy] yet (only \"none\")")
+                    if pol is not None and ":" in pol.name:
+                        # workers do not share the client's files
+                        raise ScenarioError(inp.name, "policy.name", "a sweep runs the "
+                                            "built-in policies only, not a FILE.py:Class")
                     cell.data = data
                     if sc.model.costs is not None:
                         cell.costs_text = _costs_text(sc.model.costs, inp.base_dir,
