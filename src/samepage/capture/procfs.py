@@ -362,12 +362,16 @@ class ProcessMemory:
         """The pagemap entries of ``pages`` pages from ``start`` (uint64)."""
         want = pages * 8
         out = bytearray(want)
-        mv = memoryview(out)
-        got = 0
-        off = start // PAGE_SIZE * 8
-        while got < want:
+        # a short read leaves the rest zero: not present
+        self._preadv_all(self.pagemap_fd, memoryview(out), start // PAGE_SIZE * 8)
+        return np.frombuffer(out, dtype="<u8").astype(np.uint64)
+
+    def _preadv_all(self, fd: int, mv: memoryview, off: int, got: int = 0) -> int:
+        """Fill ``mv[got:]`` from ``fd`` at ``off + got``; bytes read in all. Stops short at
+        an unreadable place; ProcessGone once the process has exited."""
+        while got < len(mv):
             try:
-                n = os.preadv(self.pagemap_fd, [mv[got:]], off + got)
+                n = os.preadv(fd, [mv[got:]], off + got)
             except ProcessLookupError:
                 raise ProcessGone(f"pid {self.pid}: exited") from None
             except OSError:
@@ -375,9 +379,9 @@ class ProcessMemory:
             if n <= 0:
                 if not self.alive():
                     raise ProcessGone(f"pid {self.pid}: exited")
-                break                                  # the rest reads as not present
+                break
             got += n
-        return np.frombuffer(out, dtype="<u8").astype(np.uint64)
+        return got
 
     def read_digests(self, start: int, idx: np.ndarray, buf: bytearray,
                      on_bytes: Callable[[int], None] | None = None
@@ -420,19 +424,7 @@ class ProcessMemory:
                 got = 0
             elif got == len(mv):
                 return got
-        while got < len(mv):
-            try:
-                n = os.preadv(self.mem_fd, [mv[got:]], addr + got)
-            except ProcessLookupError:
-                raise ProcessGone(f"pid {self.pid}: exited") from None
-            except OSError:
-                n = 0
-            if n <= 0:
-                if not self.alive():
-                    raise ProcessGone(f"pid {self.pid}: exited")
-                break
-            got += n
-        return got
+        return self._preadv_all(self.mem_fd, mv, addr, got)
 
 
 def private_anonymous_vmas(pid: int, proc_root: str = "/proc") -> list[SmapsVma]:
