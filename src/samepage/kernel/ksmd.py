@@ -197,11 +197,14 @@ def wait_for_batch(ksmd: Ksmd, prev: Sample, progress: tuple[int, int, int], *,
             spurious.append(s.t)       # woke up and went back to sleep: no batch
             base, start = s, None
         if now > deadline:
+            if start is not None:
+                # a batch began and ksmd could not finish it: starved by a busy machine (a
+                # batch of these scenarios takes milliseconds); a retry may go through
+                raise UnreliableTrace(f"a ksmd batch did not finish within {timeout:g} s")
             raise KsmdError(
                 f"ksmd ran no batch for {timeout:g} s (state {s.state}, wchan {s.wchan}): "
                 "run is not 1, or no mm is left on the KSM list (every mergeable region was "
-                "unmapped or every process exited)" if start is None else
-                f"a ksmd batch did not finish within {timeout:g} s")
+                "unmapped or every process exited)")
         last_t = s.t
         if idle_check is not None and start is None and s.asleep:
             idle_check()
