@@ -642,3 +642,18 @@ def test_permission_denied_is_one_warning(spawn, monkeypatch):
     assert [p.pid for p in procs] == [b.pid]
     assert len(rec.warnings) == 1
     assert f"pid {a.pid}" in rec.warnings[0] and "permission denied" in rec.warnings[0]
+
+
+def test_launch_detach_returns_through_a_pipe(tmp_path):
+    """pid=$(samepage launch --detach -- CMD): the detached program does not hold the
+    caller's pipe open, so the command substitution returns at once."""
+    exe = str(Path(sys.executable).with_name("samepage"))
+    r = subprocess.run([exe, "launch", "--detach", "--", sys.executable, "-c",
+                        "import time; print('hello'); time.sleep(60)"],
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    pid = int(r.stdout.strip())
+    try:
+        assert Path(f"/proc/{pid}").exists()
+    finally:
+        os.kill(pid, signal.SIGKILL)

@@ -31,13 +31,18 @@ def _set_merge_any() -> None:
         raise OSError(err, os.strerror(err))
 
 
-def start(argv: Sequence[str], merge_any: bool = True) -> subprocess.Popen:
-    """Start ``argv`` (merge_any set before exec when ``merge_any``)."""
+def start(argv: Sequence[str], merge_any: bool = True,
+          detach: bool = False) -> subprocess.Popen:
+    """Start ``argv`` (merge_any set before exec when ``merge_any``). ``detach``: in its own
+    session with standard input and output on /dev/null, so that it does not hold the
+    caller's terminal or pipe open (``pid=$(samepage launch --detach -- CMD)`` returns)."""
     if not argv:
         raise LaunchError("no command given (samepage launch -- CMD ...)")
+    quiet = subprocess.DEVNULL if detach else None
     try:
         return subprocess.Popen(list(argv), preexec_fn=_set_merge_any if merge_any else None,
-                                close_fds=True)
+                                close_fds=True, stdin=quiet, stdout=quiet, stderr=quiet,
+                                start_new_session=detach)
     except subprocess.SubprocessError as e:       # the prctl in the child failed
         msg = str(e)
         if "Operation not permitted" in msg:

@@ -261,7 +261,8 @@ def launch(
         "--merge-any/--no-merge-any",
         help="Set PR_SET_MEMORY_MERGE before exec (the default).")] = True,
     detach: Annotated[bool, typer.Option(
-        "--detach", help="Print the pid and return without waiting.")] = False,
+        "--detach", help="Print the pid and return without waiting (the program runs in "
+                         "its own session, its input and output on /dev/null).")] = False,
 ) -> None:
     """Start CMD with prctl(PR_SET_MEMORY_MERGE) set before exec, as systemd's MemoryKSM=yes
     does: KSM then considers all of its anonymous memory (ksmd merges only with run=1).
@@ -272,7 +273,7 @@ def launch(
 
     try:
         if detach:
-            proc = start(command, merge_any)
+            proc = start(command, merge_any, detach=True)
             print(proc.pid, flush=True)
             proc.returncode = 0          # not ours to wait for: no ResourceWarning
             return
