@@ -328,3 +328,30 @@ def test_pmd_mapped_visits_are_priced_apart():
     # visit prices the PTE-mapped visits only: here none
     assert c.breakdown(ops).get("visit", 0) == 0
     assert c.breakdown(ops)["visit_pmd"] == pytest.approx(1024 * c.ns["visit_pmd"])
+
+
+def test_checksums_of_large_folios_are_priced_apart():
+    m = Machine(thp="madvise")
+    p = m.spawn("p")
+    big = p.mmap(512, name="big", thp="huge")     # one PMD-mapped THP
+    small = p.mmap(256, name="small")             # order-0 pages
+    p.fill(big, [10_000 + i for i in range(512)])
+    p.fill(small, [20_000 + i for i in range(256)])
+    p.madvise(big, "mergeable")
+    p.madvise(small, "mergeable")
+    m.sysfs_write("pages_to_scan", 768)
+    m.sysfs_write("run", 1)
+    d = as_dict(m.run_batch().ops)
+    assert d["checksum"] == 768 and d["checksum_large"] == 512
+    c = CostModel(ns={**default_costs().ns, "checksum": 1000.0, "checksum_large": 250.0})
+    br = c.breakdown([d[n] for n in OP_NAMES])
+    assert br["checksum"] == pytest.approx(256 * 1000.0)
+    assert br["checksum_large"] == pytest.approx(512 * 250.0)
+
+
+def test_a_profile_without_checksum_large_prices_it_like_checksum(tmp_path):
+    src = tmp_path / "old.toml"
+    ns = {n: 100.0 + i for i, n in enumerate(OP_NAMES) if n != "checksum_large"}
+    src.write_text("[costs]\n" + "".join(f"{n} = {v}\n" for n, v in ns.items()))
+    c = load_profile(src)
+    assert c.ns["checksum_large"] == c.ns["checksum"] == ns["checksum"]

@@ -34,7 +34,7 @@ from samepage.mm.mm import (FAULT_FLAG_UNSHARE, MADV_MERGEABLE, MADV_UNMERGEABLE
 
 from .checksum import ZERO_CHECKSUM, calc_checksum_content
 from .costs import CostModel, resolve_costs
-from .opcounts import (OP_BATCH, OP_CHAIN_DUP, OP_CHECKSUM, OP_COW_BREAK, OP_MEMCMP_EQUAL,
+from .opcounts import (OP_BATCH, OP_CHAIN_DUP, OP_CHECKSUM, OP_CHECKSUM_LARGE, OP_COW_BREAK, OP_MEMCMP_EQUAL,
                        OP_MEMCMP_MERGE, OP_MEMCMP_STABLE, OP_MEMCMP_UNSTABLE, OP_MERGE_KSM,
                        OP_MERGE_ONE, OP_MERGE_PAIR, OP_MERGE_ZERO, OP_NO_PAGE, OP_RMAP_ALLOC,
                        OP_VISIT_PMD, OP_RMAP_FREE,
@@ -195,8 +195,12 @@ class Ksm(KsmHooks):
         return self.memcmp_pages(a, b) == 0
 
     def calc_checksum(self, pfn: int) -> int:
-        self.ops[OP_CHECKSUM] += 1
-        return calc_checksum_content(self.mem.page_content[pfn])
+        ops = self.ops
+        ops[OP_CHECKSUM] += 1
+        mem = self.mem
+        if mem.page_folio[pfn].order:
+            ops[OP_CHECKSUM_LARGE] += 1
+        return calc_checksum_content(mem.page_content[pfn])
 
     def set_sanitizer_checks(self, on: bool) -> None:
         """With ``mem.sanitizer`` set: check every content read of the helpers below
