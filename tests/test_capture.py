@@ -391,27 +391,134 @@ def test_gcore_gives_the_live_tokens(spawn, runner, tmp_path):
     subprocess.run(["gcore", "-o", str(tmp_path / "core"), str(c.pid)], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
     core = tmp_path / f"core.{c.pid}"
-    out = tmp_path / "core.npz"
+    # gdb 13.1 writes every page of a dumped mapping (p_filesz = p_memsz, not sparse)
+    vaddr = {v.start: v for v in load_snapshot(live).vmas}
+    from samepage.capture.elfcore import open_core
+    f, elf = open_core(str(core))
+    with f:
+        loads = [s.header for s in elf.iter_segments() if s.header["p_type"] == "PT_LOAD"]
+    assert any(h["p_vaddr"] in vaddr for h in loads)
+    assert all(h["p_filesz"] == h["p_memsz"] for h in loads if h["p_vaddr"] in vaddr)
+    out, outp = tmp_path / "core.npz", tmp_path / "core-present.npz"
     r = cli(runner, "capture", "--core", core, "-o", out)
     assert r.exit_code == 0, r.stderr
-    a, b = load_snapshot(live), load_snapshot(out)
+    assert "recorded as holes (--core-zeros absent)" in r.stdout
+    r = cli(runner, "capture", "--core", core, "--core-zeros", "present", "-o", outp)
+    assert r.exit_code == 0, r.stderr
+    a, b, bp = load_snapshot(live), load_snapshot(out), load_snapshot(outp)
+    assert (a.meta.core_zeros, b.meta.core_zeros, bp.meta.core_zeros) == \
+        (None, "absent", "present")
     assert b.processes[0].pid == c.pid and b.processes[0].source.startswith("core:")
-    assert a.meta.distinct_tokens == b.meta.distinct_tokens
-    by_start = {v.start: v for v in b.vmas}
+    # the zero token is not among distinct_tokens: both give the same non-zero contents
+    assert a.meta.distinct_tokens == b.meta.distinct_tokens == bp.meta.distinct_tokens
+    by_start, by_start_p = {v.start: v for v in b.vmas}, {v.start: v for v in bp.vmas}
     compared = 0
     for v in a.vmas:
         if v.offsets.size == 0:
             continue
-        w = by_start[v.start]
-        assert w.pages == v.pages
-        dl, dc = v.dense_tokens(), w.dense_tokens()
-        present = dl >= 0
-        assert np.array_equal(dl[present], dc[present])   # same tokens, page by page
-        assert (dc[~present] == 0).all()                   # gcore read holes as zeros
-        compared += int(present.sum())
-    assert compared == sum(v.offsets.size for v in a.vmas)
+        w, wp = by_start[v.start], by_start_p[v.start]
+        assert w.pages == wp.pages == v.pages
+        dl, dc, dp = v.dense_tokens(), w.dense_tokens(), wp.dense_tokens()
+        nonzero = dl > 0
+        assert np.array_equal(dl[nonzero], dc[nonzero])   # same tokens, page by page
+        assert np.array_equal(dl[nonzero], dp[nonzero])
+        assert (dc[~nonzero] == HOLE).all()                # absent: every zero is a hole
+        assert (dp[~nonzero] == 0).all()                   # present: gcore read holes as zeros
+        compared += int(nonzero.sum())
+    assert compared == int(sum(np.count_nonzero(v.tokens) for v in a.vmas))
     _, dense, _, _ = region(b, c)
-    assert (dense[16:] == 0).all()
+    assert (dense[10] == HOLE) and (dense[12:] == HOLE).all()
+    _, dense, _, _ = region(bp, c)
+    assert (dense[10] == 0) and (dense[12:] == 0).all()
+    r = cli(runner, "snapshot", "show", out)
+    assert r.exit_code == 0 and "(--core-zeros absent)" in r.stdout
+    r = cli(runner, "snapshot", "show", out, "--json")
+    assert json.loads(r.stdout)["core_zeros"] == "absent"
+    assert json.loads(cli(runner, "snapshot", "show", live, "--json").stdout)["core_zeros"] \
+        is None
+
+
+# A process without libc (x86_64): its anonymous memory is its stack (argv, environment,
+# auxv: not zero) and one 96-page mapping: pages 0-11 hold the patterns 1..4 three times,
+# 12-15 are read-faulted (the shared zero page), 16-95 are never touched. No present page of
+# it is all zero, so a core of it, with zeros as holes, is exactly what a live capture sees.
+NOLIBC_CHILD = r"""
+typedef unsigned long u64;
+static long sys(long n, long a, long b, long c, long d, long e, long f) {
+    long r;
+    register long r10 __asm__("r10") = d, r8 __asm__("r8") = e, r9 __asm__("r9") = f;
+    __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8),
+                     "r"(r9) : "rcx", "r11", "memory");
+    return r;
+}
+void _start(void) {
+    u64 ps = 4096, n = 96;
+    volatile unsigned char *m = (void *)sys(9, 0, n * ps, 3, 0x22, -1, 0);  /* mmap */
+    for (u64 i = 0; i < 12; i++) {
+        u64 t = i % 4 + 1;
+        for (u64 w = 0; w < ps / 8; w++)
+            for (int b = 0; b < 8; b++) m[i * ps + w * 8 + b] = (unsigned char)(t >> (56 - 8 * b));
+    }
+    unsigned char s = 0;
+    for (u64 i = 12; i < 16; i++) s += m[i * ps];
+    char out[17];
+    for (int k = 0; k < 16; k++) out[k] = "0123456789abcdef"[((u64)m >> (60 - 4 * k)) & 15];
+    out[16] = '\n';
+    sys(1, 1, (long)out, 17, 0, 0, 0);                                      /* write */
+    for (;;) sys(34, 0, 0, 0, 0, 0, 0);                                      /* pause */
+}
+"""
+
+
+def _forecast_counters(runner, snap: Path) -> dict:
+    r = cli(runner, "forecast", snap, "--merge-any", "--json", "--until", "4")
+    assert r.exit_code == 0, r.stderr
+    d = json.loads(r.stdout)
+    scans = [{k: v for k, v in s.items() if k not in ("t_ms", "ksmd_cpu_ms")}
+             for s in d["scans"]]
+    return {"scans": scans, "final": d["final"], "converged": d["converged_full_scans"]}
+
+
+@pytest.mark.skipif(shutil.which("gcore") is None, reason="gdb's gcore is not installed")
+@pytest.mark.skipif(shutil.which("cc") is None or os.uname().machine != "x86_64",
+                    reason="needs a C compiler for x86_64")
+def test_gcore_forecast_equals_the_live_forecast(runner, tmp_path):
+    src = tmp_path / "nolibc.c"
+    src.write_text(NOLIBC_CHILD)
+    exe = tmp_path / "nolibc"
+    subprocess.run(["cc", "-O1", "-static", "-nostdlib", "-fno-stack-protector",
+                    "-fno-builtin", "-o", str(exe), str(src)], check=True, timeout=120)
+    procs = [subprocess.Popen([str(exe)], stdout=subprocess.PIPE) for _ in range(2)]
+    try:
+        for p in procs:
+            assert len(p.stdout.readline()) == 17
+        live = tmp_path / "live.npz"
+        r = cli(runner, "capture", *[a for p in procs for a in ("--pid", p.pid)], "-o", live)
+        assert r.exit_code == 0, r.stderr
+        s = load_snapshot(live).summary()["total"]
+        assert s["zero_pages"] == s["zero_pfn_pages"] == 8   # no present page is all zero
+        for p in procs:                                   # after the live capture: gcore
+            subprocess.run(["gcore", "-o", str(tmp_path / "core"), str(p.pid)], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+        cores = [a for p in procs for a in ("--core", tmp_path / f"core.{p.pid}")]
+        absent, present = tmp_path / "absent.npz", tmp_path / "present.npz"
+        assert cli(runner, "capture", *cores, "-o", absent).exit_code == 0
+        assert cli(runner, "capture", *cores, "--core-zeros", "present",
+                   "-o", present).exit_code == 0
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+            p.stdout.close()
+    want = _forecast_counters(runner, live)
+    # patterns 1..4, six pages each (and a stack page the two may have in common)
+    assert want["final"]["pages_sharing"] >= 4 * 5
+    assert _forecast_counters(runner, absent) == want
+    # present: the never-touched pages (and the zero-page mappings) read back as zeros
+    # become present zero pages, merged into one KSM page
+    got = _forecast_counters(runner, present)
+    assert got["final"]["pages_sharing"] >= want["final"]["pages_sharing"] + 2 * 84 - 1
+    assert got["final"]["pages_shared"] == want["final"]["pages_shared"] + 1
 
 
 def _elf_core(path: Path, segments: list[tuple[int, bytes]], etype: int = 4) -> None:
@@ -441,9 +548,35 @@ def test_guest_dump_is_one_process_with_a_vma_per_segment(runner, tmp_path):
     (p,) = snap.processes
     assert p.pid == 0 and p.source.startswith("guest:")
     assert [v.start for v in p.vmas] == [0, 0x100000]
-    assert p.vmas[0].dense_tokens().tolist() == [2, 3, 0]
+    assert p.vmas[0].dense_tokens().tolist() == [2, 3, HOLE]    # --core-zeros absent
     assert p.vmas[1].dense_tokens().tolist() == [2, 1]
     assert snap.summary()["total"]["duplicate_pages"] == 1
+    assert snap.meta.core_zeros == "absent"
+    r = cli(runner, "capture", "--core", core, "--core-zeros", "present", "-o", out, "--force")
+    assert r.exit_code == 0, r.stderr
+    snap = load_snapshot(out)
+    assert snap.processes[0].vmas[0].dense_tokens().tolist() == [2, 3, 0]
+    assert snap.meta.core_zeros == "present"
+    assert snap.summary()["total"]["zero_pages"] == 1
+
+
+def test_core_zeros_api_and_bad_values(runner, tmp_path):
+    from samepage.capture.elfcore import capture_core
+
+    core = tmp_path / "guest.core"
+    _elf_core(core, [(0, bytes(4096) + token_page(3) + bytes(4096))])
+    p, n = capture_core(str(core))
+    assert n == 3 * 4096 and p.vmas[0].offsets.tolist() == [1]
+    p, _ = capture_core(str(core), core_zeros="present")
+    assert p.vmas[0].offsets.tolist() == [0, 1, 2]
+    with pytest.raises(ValueError):
+        capture_core(str(core), core_zeros="maybe")
+    line = one_error_line(cli(runner, "capture", "--core", core, "--core-zeros", "maybe"))
+    assert "--core-zeros maybe: unknown value (one of absent, present)" in line
+    raw = tmp_path / "ram.bin"
+    raw.write_bytes(token_page(1))
+    line = one_error_line(cli(runner, "capture", "--raw", raw, "--core-zeros", "absent"))
+    assert "--core-zeros: only with --core FILE" in line
 
 
 def test_core_files_of_another_format_are_one_line(runner, tmp_path):
@@ -570,6 +703,22 @@ def test_corrupt_snapshots_name_the_key(tmp_path, case, key):
     with pytest.raises(ScenarioError) as e:
         load_snapshot(dst)
     assert e.value.file == str(dst) and e.value.key == key, str(e.value)
+
+
+def test_snapshot_without_core_zeros_still_loads(tmp_path):
+    """Snapshots written before metadata.core_zeros existed load (as None); a bad value
+    names the key."""
+    src = _snap_file(tmp_path)
+    with np.load(src) as z:
+        m = json.loads(z["metadata"].tobytes())
+    del m["core_zeros"]
+    old = _rewrite(src, tmp_path / "old.npz",
+                   metadata=np.frombuffer(json.dumps(m).encode(), np.uint8))
+    assert load_snapshot(old).meta.core_zeros is None
+    bad = _rewrite(src, tmp_path / "bad.npz", metadata=_meta(src, core_zeros="sometimes"))
+    with pytest.raises(ScenarioError) as e:
+        load_snapshot(bad)
+    assert e.value.key == "metadata.core_zeros", str(e.value)
 
 
 def test_corrupt_snapshot_on_the_cli_is_one_line(runner, tmp_path):

@@ -3,12 +3,18 @@ guest-memory dump (QEMU's ``dump-guest-memory``), read with pyelftools.
 
 * A process core (it has an NT_PRPSINFO or NT_FILE note): one process, pid and comm from
   NT_PRPSINFO. Its private anonymous VMAs are the writable PT_LOAD segments that no NT_FILE
-  entry (the file-backed mappings) overlaps. Every page inside p_filesz is taken as present:
-  a core cannot tell a never-touched page (which gcore's read faults in as the zero page, and
-  which a live capture records as a hole) from a present zero page, so those are token 0
-  (docs/snapshot-format.md, "Core dumps"). Pages past p_filesz are holes.
+  entry (the file-backed mappings) overlaps. Pages past p_filesz are holes.
 * A guest dump (no such notes): one "process" (pid 0) with one VMA per PT_LOAD segment, at
   its guest-physical address (p_paddr).
+
+All-zero pages (``core_zeros``): a core cannot tell a never-touched page from a present zero
+page. gdb's gcore (13.1: p_filesz = p_memsz, not sparse) reads every page of a mapping
+through /proc/PID/mem, faulting never-touched ones in as the shared zero page; the kernel's
+own core dump (get_dump_page) leaves them as sparse holes, read back as zeros. ksmd skips
+both never-touched and zero-page-mapped addresses but merges a written zero page. With
+``"absent"`` (the default) an all-zero page of a core is recorded as a hole, as a live
+capture records a never-touched page; with ``"present"`` as a present token-0 page
+(docs/snapshot-format.md, "Core dumps").
 
 VmFlags are not in a core: VMAs carry their r/w/x and VMA_FLAGS_UNKNOWN.
 """
@@ -85,11 +91,19 @@ def open_core(path: str):
         raise
 
 
-def capture_core(path: str, *, on_total: Callable[[int], None] | None = None,
+CORE_ZEROS = ("absent", "present")
+
+
+def capture_core(path: str, *, core_zeros: str = "absent",
+                 on_total: Callable[[int], None] | None = None,
                  on_bytes: Callable[[int], None] | None = None,
                  chunk: int = CHUNK) -> tuple[CapturedProcess, int]:
-    """The process (or guest) of the core file ``path`` and the bytes read."""
+    """The process (or guest) of the core file ``path`` and the bytes read; all-zero pages
+    are holes with ``core_zeros="absent"``, present token-0 pages with ``"present"``."""
     from elftools.common.exceptions import ELFError
+
+    if core_zeros not in CORE_ZEROS:
+        raise ValueError(f"core_zeros must be one of {CORE_ZEROS}, not {core_zeros!r}")
 
     f, elf = open_core(path)
     with f:
@@ -149,10 +163,14 @@ def capture_core(path: str, *, on_total: Callable[[int], None] | None = None,
         for i, start, memsz, filesz, off, pf in chosen:
             d = read_file_digests(f.fileno(), off, filesz, buf, on_bytes)
             nbytes += filesz
-            n = filesz // PAGE_SIZE
+            offsets = np.arange(filesz // PAGE_SIZE, dtype=np.uint64)
+            if core_zeros == "absent":
+                keep = np.flatnonzero(~d.zero)
+                offsets, d = offsets[keep], d.take(keep)
+            n = offsets.size
             vmas.append(CapturedVma("" if process_core else f"segment {i}", start,
-                                    memsz // PAGE_SIZE, _flags(pf), 0,
-                                    np.arange(n, dtype=np.uint64), d, np.zeros(n, np.uint8),
-                                    np.zeros(0, np.uint64), np.zeros(n, np.uint16)))
+                                    memsz // PAGE_SIZE, _flags(pf), 0, offsets, d,
+                                    np.zeros(n, np.uint8), np.zeros(0, np.uint64),
+                                    np.zeros(n, np.uint16)))
     kind = "core" if process_core else "guest"
     return CapturedProcess(pid, comm, f"{kind}:{path}", None, None, vmas), nbytes

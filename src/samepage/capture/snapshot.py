@@ -82,6 +82,9 @@ class SnapshotMeta(BaseModel):
     interval_s: float = Field(ge=0)
     sources: list[str]
     zero_pfn_known: bool
+    # how all-zero pages of core files were recorded (holes or token-0 pages); None without
+    # a core source. Optional: snapshots written before it was added lack it.
+    core_zeros: Optional[Literal["absent", "present"]] = None
     distinct_tokens: int = Field(ge=0)
     captured_bytes: int = Field(ge=0)
     capture_seconds: float = Field(ge=0)
@@ -198,6 +201,7 @@ class Snapshot:
                           "merge_any": p.merge_any, **_counts(p.vmas)})
         return {"processes": procs, "total": _counts(self.vmas),
                 "samples": self.meta.samples, "interval_s": self.meta.interval_s,
+                "core_zeros": self.meta.core_zeros,
                 "captured_bytes": self.meta.captured_bytes,
                 "capture_seconds": self.meta.capture_seconds}
 
@@ -237,7 +241,8 @@ def _counts(vmas: list[SnapVma]) -> dict[str, int]:
 
 def build_snapshot(processes: list[CapturedProcess], *, sources: list[str], samples: int = 1,
                    interval_s: float = 0.0, zero_pfn_known: bool = False,
-                   captured_bytes: int = 0, capture_seconds: float = 0.0) -> Snapshot:
+                   core_zeros: str | None = None, captured_bytes: int = 0,
+                   capture_seconds: float = 0.0) -> Snapshot:
     """Assign tokens over all captured pages and lay them out as a Snapshot."""
     vmas = [(pi, v) for pi, p in enumerate(processes) for v in p.vmas]
     digests = Digests.concat([v.digests for _, v in vmas])
@@ -269,7 +274,8 @@ def build_snapshot(processes: list[CapturedProcess], *, sources: list[str], samp
         kernel_release=platform.release(),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         page_size=PAGE_SIZE, samples=samples, interval_s=float(interval_s),
-        sources=sources, zero_pfn_known=zero_pfn_known, distinct_tokens=distinct,
+        sources=sources, zero_pfn_known=zero_pfn_known, core_zeros=core_zeros,
+        distinct_tokens=distinct,
         captured_bytes=captured_bytes, capture_seconds=float(capture_seconds),
         processes=[ProcessMeta(pid=p.pid, comm=p.comm, source=p.source,
                                merge_any=p.merge_any, mergeable=p.mergeable)

@@ -128,6 +128,11 @@ def _print_summary(summary: dict[str, Any], as_json: bool, saved: str | None) ->
           f"distinct contents, {s['duplicate_pages']} duplicate pages (at most "
           f"{s['duplicate_pages'] * 4096 / MiB:.1f} MiB for KSM to free; "
           f"{s['duplicate_mergeable_pages']} in mergeable VMAs).")
+    if summary.get("core_zeros") == "absent":
+        print("All-zero pages of core files recorded as holes (--core-zeros absent).")
+    elif summary.get("core_zeros") == "present":
+        print("All-zero pages of core files recorded as present zero pages "
+              "(--core-zeros present).")
     if summary["samples"] > 1:
         print(f"{summary['samples']} samples {summary['interval_s']:g} s apart: "
               f"{s['changed_pages']} pages changed at least once.")
@@ -149,6 +154,11 @@ def capture(
     core: Annotated[Optional[list[str]], typer.Option(
         "--core", metavar="FILE",
         help="An ELF core file: gdb's gcore or QEMU's dump-guest-memory (repeatable).")] = None,
+    core_zeros: Annotated[Optional[str], typer.Option(
+        "--core-zeros", metavar="absent|present",
+        help="--core: record all-zero pages as holes, like never-touched pages of a live "
+             "capture (absent, the default), or as present zero pages (present). A core "
+             "cannot tell the two apart.")] = None,
     raw: Annotated[Optional[str], typer.Option(
         "--raw", metavar="FILE", help="A raw memory file.")] = None,
     offset: Annotated[int, typer.Option(
@@ -172,12 +182,17 @@ def capture(
     distinct content a token (0 = zero page) and prints per process the present, zero,
     distinct and duplicate pages. See docs/snapshot-format.md."""
     from samepage.capture import build_snapshot, save_snapshot
-    from samepage.capture.elfcore import capture_core
+    from samepage.capture.elfcore import CORE_ZEROS, capture_core
     from samepage.capture.live import capture_live
     from samepage.capture.raw import capture_raw
 
     if raw is None and (offset or length is not None):
         error_exit("--offset/--length: only with --raw FILE")
+    if core_zeros is not None and not core:
+        error_exit("--core-zeros: only with --core FILE")
+    if core_zeros is not None and core_zeros not in CORE_ZEROS:
+        error_exit(f"--core-zeros {core_zeros}: unknown value (one of {', '.join(CORE_ZEROS)})")
+    core_zeros = core_zeros or "absent"
     if output is not None:
         if os.path.isdir(output):
             error_exit(f"{output}: is a directory")
@@ -200,7 +215,8 @@ def capture(
     zero_known = False
     with reported_errors(), CaptureProgress(enabled=not as_json) as prog:
         for c in core or []:
-            p, n = capture_core(c, on_total=prog.total, on_bytes=prog.advance)
+            p, n = capture_core(c, core_zeros=core_zeros, on_total=prog.total,
+                                on_bytes=prog.advance)
             procs.append(p)
             nbytes += n
         if raw is not None:
@@ -218,7 +234,8 @@ def capture(
     secs = max(0.0, time.monotonic() - t0 - (interval * (samples - 1) if pids else 0.0))
     snap = build_snapshot(procs, sources=sources, samples=samples if pids else 1,
                           interval_s=interval if pids and samples > 1 else 0.0,
-                          zero_pfn_known=zero_known, captured_bytes=nbytes,
+                          zero_pfn_known=zero_known,
+                          core_zeros=core_zeros if core else None, captured_bytes=nbytes,
                           capture_seconds=secs)
     if output is not None:
         with reported_errors():
