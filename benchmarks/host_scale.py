@@ -10,7 +10,8 @@ others replayed by the fast-forward unless ``--no-fast-forward``).
 Prints the wall time of each phase (fill, scan1, merge, steady), the peak RSS growth of the
 process over the run (``ru_maxrss`` after minus before), bytes per simulated page, and
 whether the goals are met: peak RSS growth <= 2 GiB, total wall time <= 180 s, <= 128 bytes
-per page.  A progress line goes to stderr.  ``--json`` prints one object instead.
+per page, and the wall time spent in the cyclic garbage collector.  A progress line goes to
+stderr.  ``--json`` prints one object instead.
 
 The run is refused (exit 2) when MemAvailable is below the memory it is expected to need
 (``--expect-bytes-per-page``, default 400, the model's figure before issue 10's compaction,
@@ -91,8 +92,30 @@ def scan(m: Machine, n_scans: int, progress: Progress, label: str, chunked: bool
     progress(f"{label}: done, full_scans {m.sysfs_read('full_scans')}", final=True)
 
 
+class GcTimer:
+    """Wall time spent in the cyclic garbage collector (gc.callbacks), per generation."""
+
+    def __init__(self):
+        self.total = [0.0, 0.0, 0.0]
+        self.count = [0, 0, 0]
+        self._t = 0.0
+        gc.callbacks.append(self)
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+        else:
+            g = info["generation"]
+            self.total[g] += time.perf_counter() - self._t
+            self.count[g] += 1
+
+    def close(self) -> None:
+        gc.callbacks.remove(self)
+
+
 def run(n: int, pages_to_scan: int, fast_forward: bool, progress: Progress) -> dict:
     gc.collect()
+    gct = GcTimer()
     base = peak_rss()
     base_cur = current_rss()
     phases: dict[str, float] = {}
@@ -124,6 +147,7 @@ def run(n: int, pages_to_scan: int, fast_forward: bool, progress: Progress) -> d
         scan(m, k, progress, label, chunked)
         phases[label] = time.perf_counter() - t
     wall = time.perf_counter() - t_all
+    gct.close()
 
     shared = m.sysfs_read("pages_sharing") + m.sysfs_read("pages_shared")
     full_scans = m.sysfs_read("full_scans")
@@ -139,6 +163,8 @@ def run(n: int, pages_to_scan: int, fast_forward: bool, progress: Progress) -> d
         "full_scans": full_scans,
         "phases_s": {k: round(v, 2) for k, v in phases.items()},
         "wall_s": round(wall, 2),
+        "gc_s": round(sum(gct.total), 2),
+        "gc_collections": gct.count,
         "peak_rss_growth": growth,
         "rss_growth_now": current_rss() - base_cur,
         "bytes_per_page": round(growth / n, 1),
@@ -188,6 +214,8 @@ def main() -> int:
         print(f"  {k:7s} {v:9.2f} s")
     print(f"  total   {res['wall_s']:9.2f} s        goal <= {GOAL_WALL:.0f} s: "
           f"{ok(g['wall_le_180s'])}")
+    print(f"  (of which cyclic GC {res['gc_s']:.2f} s, collections per generation "
+          f"{res['gc_collections']})")
     print(f"  peak RSS growth {res['peak_rss_growth'] / 2**20:9.0f} MiB  goal <= 2048 MiB: "
           f"{ok(g['rss_le_2GiB'])}")
     print(f"  bytes per page  {res['bytes_per_page']:9.1f}      goal <= "
