@@ -10,6 +10,9 @@ Per-frame state is kept in flat arrays indexed by pfn (struct-of-arrays), so a p
 few bytes plus its folio object: ``page_folio[pfn]`` (like ``compound_head``),
 ``page_content[pfn]``, ``page_flags[pfn]`` (``PageAnonExclusive``) and ``page_index[pfn]``
 (``folio->index`` of an anonymous folio: the linear page index it was faulted at).
+``page_content`` is an ``array('Q')`` of tokens (8 bytes a page instead of a list slot and
+an int object) until a page is given real bytes (``set_page_content``); from then on it is a
+list, which holds both.
 A folio's NUMA node is that of its section (``pfn_to_nid``).
 """
 
@@ -121,7 +124,7 @@ class Memory:
     def __init__(self, numa_nodes: int = 1):
         self.nr_node_ids = numa_nodes
         self.page_folio: list = []
-        self.page_content: list = []
+        self.page_content = array("Q")          # tokens; a list once bytes are stored
         self.page_flags = bytearray()
         self.page_index = array("q")
         self.section_nid = array("b")
@@ -154,7 +157,11 @@ class Memory:
         base = len(self.page_folio)
         size = 1 << SECTION_SHIFT
         self.page_folio.extend([None] * size)
-        self.page_content.extend([0] * size)
+        pc = self.page_content
+        if pc.__class__ is list:
+            pc.extend([0] * size)
+        else:
+            pc.frombytes(bytes(8 * size))
         self.page_flags.extend(bytes(size))
         self.page_index.frombytes(bytes(8 * size))
         self.section_nid.append(nid)
@@ -187,6 +194,8 @@ class Memory:
         folio = LargeFolio(pfn, order) if order else Folio(pfn, order)
         pf = self.page_folio
         pc = self.page_content
+        if content.__class__ is not int and pc.__class__ is not list:
+            pc = self.page_content_objects()
         flags = self.page_flags
         for p in range(pfn, pfn + (1 << order)):
             pf[p] = folio
@@ -349,6 +358,21 @@ class Memory:
         return split_huge_page(self, page)
 
     # -- contents -----------------------------------------------------------------------
+    def set_page_content(self, pfn: int, content: Content) -> None:
+        """Store ``content`` (a normalised token or bytes, see ``make_content``) in a frame."""
+        pc = self.page_content
+        if content.__class__ is not int and pc.__class__ is not list:
+            pc = self.page_content_objects()
+        pc[pfn] = content
+
+    def page_content_objects(self) -> list:
+        """Turn ``page_content`` into a list (which can hold bytes); once, at the first
+        page given real bytes.  Code holding the old array in a local must not run across
+        that store (none does: the explorer's scenarios write tokens only)."""
+        if self.page_content.__class__ is not list:
+            self.page_content = self.page_content.tolist()
+        return self.page_content
+
     def page_folio_of(self, pfn: int) -> Folio:
         folio = self.page_folio[pfn]
         if folio is None:

@@ -505,7 +505,7 @@ class MM:
         if pfn < 0 or not vma.ptef[i] & PTE_WRITE:
             pfn = self.handle_mm_fault(vma, addr, FAULT_FLAG_WRITE)
         vma.ptef[i] |= PTE_DIRTY
-        self.mem.page_content[pfn] = content
+        self.mem.set_page_content(pfn, content)
         return pfn
 
     def read_page(self, addr: int) -> Content | None:
