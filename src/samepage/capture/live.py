@@ -1,4 +1,5 @@
-"""Capturing live processes: their private anonymous VMAs, present pages and tokens, and,
+"""Capturing live processes: their private anonymous VMAs and the anonymous (COW'd) pages of
+their private file-backed VMAs, present pages and tokens, and,
 with samples, how often each page changed (samepage.capture.procfs does the reading).
 
 A process that exits during the capture, that may not be read (ptrace access mode) or that is
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .procfs import (CHUNK, PAGE_EXCLUSIVE, PAGE_ZERO_PFN, NotCapturable, ProcessGone,
-                     ProcessInfo, ProcessMemory, SmapsVma, iter_present, private_anonymous_vmas,
+                     ProcessInfo, ProcessMemory, SmapsVma, capturable_vmas, iter_present,
                      process_info, zero_pfn)
 from .snapshot import CapturedProcess, CapturedVma
 from .tokens import PAGE_SIZE, Digests
@@ -67,7 +68,7 @@ def _open(pid: int, proc_root: str, zpfn: int | None) -> _Target:
     info = process_info(pid, proc_root)
     if info.kthread:
         raise NotCapturable(f"pid {pid} ({info.comm}): a kernel thread (no user memory)")
-    vmas = private_anonymous_vmas(pid, proc_root)
+    vmas = capturable_vmas(pid, proc_root)
     mem = ProcessMemory(pid, proc_root)
     try:
         return _Target(pid, info, mem, _plan(mem, vmas, zpfn))

@@ -5,6 +5,16 @@ VM_MERGEABLE (``mg`` in ``/proc/PID/smaps`` VmFlags); samepage reads every priva
 VMA (no backing file: unnamed, ``[heap]``, ``[stack]``, ``[anon:NAME]``; ``p`` in the perms)
 and records its flags, so that a forecast can also ask "what if it were mergeable".
 
+It also reads the **private file-backed VMAs** that hold anonymous pages (smaps
+``Anonymous:`` or ``Swap:`` above 0): a library's ``.data``/RELRO, the JVM's CDS archive.
+vma_ksm_compatible() accepts a non-shared file VMA, so a merge_any process has them
+VM_MERGEABLE, and ksmd (scan_get_next_rmap_item) scans every anonymous folio of such a VMA:
+its copied-on-write pages. Of those VMAs only pages that pagemap shows present and not
+``PM_FILE`` (bit 61: a page-cache page) are read; page-cache pages, which ksmd skips, are
+holes. A file VMA vma_ksm_compatible() would refuse (``sh``/``ms`` shared, ``io`` VM_IO,
+``pf`` VM_PFNMAP, ``de`` VM_DONTEXPAND, ``mm`` VM_MIXEDMAP, ``ht`` VM_HUGETLB) is left out:
+ksmd never scans it, merge_any or not.
+
 * Present pages come from ``/proc/PID/pagemap`` (8 bytes a page: bit 63 present, bit 62
   swapped, bit 56 exclusively mapped, bits 0-54 the PFN, visible to root). One pread a VMA.
 * Only present pages are read, over runs of present pages in chunks of 64 MiB, with
@@ -40,6 +50,7 @@ from .tokens import PAGE_SIZE, Digests, digest_pages
 
 PM_PRESENT = 1 << 63
 PM_SWAP = 1 << 62
+PM_FILE = 1 << 61            # a page-cache (or shared-anon) page: not an anonymous folio
 PM_MMAP_EXCLUSIVE = 1 << 56
 PM_PFN_MASK = (1 << 55) - 1
 PF_KTHREAD = 0x00200000
@@ -54,6 +65,11 @@ VMA_MERGEABLE = 8        # VmFlags mg (VM_MERGEABLE)
 VMA_HUGEPAGE = 16        # hg (MADV_HUGEPAGE)
 VMA_NOHUGEPAGE = 32      # nh (MADV_NOHUGEPAGE)
 VMA_FLAGS_UNKNOWN = 64   # from a core dump or raw file: VmFlags not known
+VMA_FILE = 128           # a private file-backed VMA: only its anonymous (COW'd) pages recorded
+
+#: VmFlags mnemonics of the VM_* bits vma_ksm_compatible() refuses (VM_SHARED, VM_MAYSHARE,
+#: VM_IO, VM_PFNMAP, VM_DONTEXPAND, VM_MIXEDMAP, VM_HUGETLB).
+KSM_INCOMPATIBLE = frozenset({"sh", "ms", "io", "pf", "de", "mm", "ht"})
 
 # Page flag bits.
 PAGE_ZERO_PFN = 1        # mapped the shared zero page (not read)
@@ -103,6 +119,7 @@ class SmapsVma:
     anon_huge_kb: int = 0
     rss_kb: int = 0
     swap_kb: int = 0
+    anonymous_kb: int = 0
 
     @property
     def pages(self) -> int:
@@ -116,6 +133,23 @@ class SmapsVma:
                 or self.path.startswith("[anon:") or self.path.startswith("[stack:"))
 
     @property
+    def private_file(self) -> bool:
+        """A private file-backed VMA (not a special mapping such as [vdso] or [vvar])."""
+        if self.perms[3] != "p" or "sh" in self.vmflags or "ms" in self.vmflags:
+            return False
+        return self.inode != 0 and not self.path.startswith("[")
+
+    @property
+    def ksm_compatible(self) -> bool:
+        return not (self.vmflags & KSM_INCOMPATIBLE)
+
+    @property
+    def file_with_anon(self) -> bool:
+        """A private file VMA ksmd may scan that holds anonymous (COW'd) pages."""
+        return (self.private_file and self.ksm_compatible
+                and (self.anonymous_kb > 0 or self.swap_kb > 0))
+
+    @property
     def flags(self) -> int:
         f = 0
         f |= VMA_READ if self.perms[0] == "r" else 0
@@ -124,6 +158,7 @@ class SmapsVma:
         f |= VMA_MERGEABLE if "mg" in self.vmflags else 0
         f |= VMA_HUGEPAGE if "hg" in self.vmflags else 0
         f |= VMA_NOHUGEPAGE if "nh" in self.vmflags else 0
+        f |= VMA_FILE if self.private_file else 0
         return f
 
 
@@ -140,7 +175,7 @@ def parse_smaps(text: str) -> list[SmapsVma]:
         key, _, val = line.partition(":")
         if key == "VmFlags":
             vmas[-1].vmflags = set(val.split())
-        elif key in ("AnonHugePages", "Rss", "Swap"):
+        elif key in ("AnonHugePages", "Rss", "Swap", "Anonymous"):
             try:
                 kb = int(val.split()[0])
             except (ValueError, IndexError):
@@ -149,6 +184,8 @@ def parse_smaps(text: str) -> list[SmapsVma]:
                 vmas[-1].anon_huge_kb = kb
             elif key == "Rss":
                 vmas[-1].rss_kb = kb
+            elif key == "Anonymous":
+                vmas[-1].anonymous_kb = kb
             else:
                 vmas[-1].swap_kb = kb
     return vmas
@@ -430,18 +467,31 @@ class ProcessMemory:
 def private_anonymous_vmas(pid: int, proc_root: str = "/proc") -> list[SmapsVma]:
     """The private anonymous VMAs of ``pid`` in address order (NotCapturable for a kernel
     thread, which has no mm and an empty smaps)."""
+    return [v for v in _smaps(pid, proc_root) if v.private_anonymous]
+
+
+def capturable_vmas(pid: int, proc_root: str = "/proc") -> list[SmapsVma]:
+    """What ksmd may scan of ``pid``, in address order: the private anonymous VMAs and the
+    private file-backed VMAs holding anonymous pages (``file_with_anon``)."""
+    return [v for v in _smaps(pid, proc_root) if v.private_anonymous or v.file_with_anon]
+
+
+def _smaps(pid: int, proc_root: str) -> list[SmapsVma]:
     vmas = parse_smaps(_read(f"{proc_root}/{pid}/smaps", pid))
     if not vmas:
         raise NotCapturable(f"pid {pid}: a kernel thread or a process without user memory "
                             "(empty smaps)")
-    return [v for v in vmas if v.private_anonymous]
+    return vmas
 
 
 def iter_present(entries: np.ndarray, zpfn: int | None) -> Iterator[tuple[str, np.ndarray]]:
     """Classify pagemap entries: ('present', offsets to read), ('zero', offsets mapping the
-    zero page), ('swapped', offsets), ('exclusive', mask over all entries)."""
-    present = (entries & np.uint64(PM_PRESENT)) != 0
-    swapped = ~present & ((entries & np.uint64(PM_SWAP)) != 0)
+    zero page), ('swapped', offsets), ('exclusive', mask over all entries). A PM_FILE page
+    (page cache in a private file VMA) is none of them: ksmd skips it, it is a hole."""
+    anon = (entries & np.uint64(PM_FILE)) == 0
+    present = anon & ((entries & np.uint64(PM_PRESENT)) != 0)
+    swapped = anon & ((entries & np.uint64(PM_PRESENT)) == 0) & (
+        (entries & np.uint64(PM_SWAP)) != 0)
     zero = np.zeros(entries.size, bool)
     if zpfn is not None:
         zero = present & ((entries & np.uint64(PM_PFN_MASK)) == np.uint64(zpfn))

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from samepage.scenario.errors import ScenarioError
 from samepage.scenario.jsonfile import parse_json, validate
 
-from .procfs import PAGE_ZERO_PFN, VMA_MERGEABLE
+from .procfs import PAGE_ZERO_PFN, VMA_FILE, VMA_MERGEABLE
 from .tokens import PAGE_SIZE, Digests, assign_tokens
 
 FORMAT = "samepage-snapshot"
@@ -143,6 +143,11 @@ class SnapVma:
     def mergeable(self) -> bool:
         return bool(self.flags & VMA_MERGEABLE)
 
+    @property
+    def file_backed(self) -> bool:
+        """A private file-backed VMA: its pages are the anonymous (COW'd) ones only."""
+        return bool(self.flags & VMA_FILE)
+
     def dense_tokens(self) -> np.ndarray:
         """int64[pages]: the token of each page, HOLE (-1) where no page is present,
         SWAPPED (-2) where it is swapped out."""
@@ -236,6 +241,9 @@ def _counts(vmas: list[SnapVma]) -> dict[str, int]:
         "duplicate_mergeable_pages": int(cand_mg.size - np.unique(cand_mg).size),
         "changed_pages": int(np.count_nonzero(ch)),
         "thp_kb": int(sum(v.thp_kb for v in vmas)),
+        # of the above: private file-backed VMAs and their anonymous (COW'd) pages
+        "file_vmas": sum(1 for v in vmas if v.file_backed),
+        "file_anon_pages": int(sum(v.tokens.size for v in vmas if v.file_backed)),
     }
 
 
@@ -394,8 +402,8 @@ def _check_arrays(meta: SnapshotMeta, a: dict[str, np.ndarray], bad) -> None:
         ends = vs[:-1] + vn[:-1] * np.uint64(PAGE_SIZE)
         if np.any(same & (vs[1:] < ends)):
             raise bad("vma_start", "a process's VMAs overlap or are not in address order")
-        if np.any(a["vma_flags"] >= 128):
-            raise bad("vma_flags", "unknown flag bits (at most 0x7f)")
+        if np.any(a["vma_flags"] >= 256):
+            raise bad("vma_flags", "unknown flag bits (at most 0xff)")
     for prefix in ("page", "swap"):
         v, off = a[f"{prefix}_vma"], a[f"{prefix}_offset"]
         if v.size == 0:

@@ -98,16 +98,19 @@ def _select_pids(pids: list[int], names: list[str], cgroups: list[str],
 
 def _summary_table(summary: dict[str, Any]) -> Table:
     t = Table(title=None)
-    for col in ("pid", "comm", "source", "VMAs", "present", "zero", "distinct",
+    # "file anon": of the present pages, the anonymous ones of private file mappings
+    for col in ("pid", "comm", "source", "VMAs", "present", "file anon", "zero", "distinct",
                 "duplicate", "changed", "MiB"):
         t.add_column(col, justify="left" if col in ("comm", "source") else "right")
     for p in summary["processes"]:
         t.add_row(str(p["pid"]), markup_safe(p["comm"]), markup_safe(p["source"]),
-                  str(p["vmas"]), str(p["present_pages"]), str(p["zero_pages"]),
+                  str(p["vmas"]), str(p["present_pages"]), str(p.get("file_anon_pages", 0)),
+                  str(p["zero_pages"]),
                   str(p["distinct_tokens"]), str(p["duplicate_pages"]),
                   str(p["changed_pages"]), f"{p['present_pages'] * 4096 / MiB:.1f}")
     s = summary["total"]
-    t.add_row("all", "", "", str(s["vmas"]), str(s["present_pages"]), str(s["zero_pages"]),
+    t.add_row("all", "", "", str(s["vmas"]), str(s["present_pages"]),
+              str(s.get("file_anon_pages", 0)), str(s["zero_pages"]),
               str(s["distinct_tokens"]), str(s["duplicate_pages"]), str(s["changed_pages"]),
               f"{s['present_pages'] * 4096 / MiB:.1f}", style="bold")
     return t
@@ -128,6 +131,10 @@ def _print_summary(summary: dict[str, Any], as_json: bool, saved: str | None) ->
           f"distinct contents, {s['duplicate_pages']} duplicate pages (at most "
           f"{s['duplicate_pages'] * 4096 / MiB:.1f} MiB for KSM to free; "
           f"{s['duplicate_mergeable_pages']} in mergeable VMAs).")
+    if s.get("file_vmas"):
+        print(f"Of them {s['file_anon_pages']} anon pages in private file mappings "
+              f"({s['file_vmas']} VMAs: copied-on-write pages, which ksmd scans; the "
+              "mappings' page-cache pages are holes).")
     if summary.get("core_zeros") == "absent":
         print("All-zero pages of core files recorded as holes (--core-zeros absent).")
     elif summary.get("core_zeros") == "present":
