@@ -203,6 +203,105 @@ def test_live_capture_reads_only_present_pages(spawn):
     assert nbytes >= 12 * PAGE_SIZE
 
 
+# A merge_any child (prctl PR_SET_MEMORY_MERGE, as samepage launch sets it) with a 32-page
+# private mapping of a file: pages 0, 3, 6, ..., 21 are written (copied on write: anonymous
+# folios), pages 1-2, 4-5, ... up to 23 are read (page-cache pages; fault-around may map
+# pages 24-31 too). It prints the mapping's address, then sleeps.
+FILE_CHILD = r'''
+import ctypes, mmap, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(67, 1, 0, 0, 0) != 0:           # PR_SET_MEMORY_MERGE
+    print(-ctypes.get_errno(), flush=True)
+    time.sleep(3600)
+f = open(sys.argv[1], "rb")
+n = 32
+m = mmap.mmap(f.fileno(), n * 4096, flags=mmap.MAP_PRIVATE,
+              prot=mmap.PROT_READ | mmap.PROT_WRITE)
+addr = ctypes.addressof((ctypes.c_char * (n * 4096)).from_buffer(m))
+s = 0
+for i in range(24):
+    if i % 3 == 0:
+        m[i * 4096:i * 4096 + 8] = (1000 + i).to_bytes(8, "big")
+    else:
+        s += m[i * 4096]
+print(addr, flush=True)
+time.sleep(3600)
+'''
+FILE_WRITTEN = list(range(0, 24, 3))
+
+
+def _status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/ksm_stat"), reason="no ksm_stat")
+def test_private_file_mapping_anon_pages_are_captured_and_scanned(tmp_path):
+    """The capture reads exactly the copied-on-write pages of a private file mapping (ksmd
+    scans them: anonymous folios of a VM_MERGEABLE VMA), none of its page-cache pages, and
+    leaves the target's pagemap and RSS as they were; the forecast scans those pages."""
+    data = tmp_path / "data.bin"
+    data.write_bytes(secrets.token_bytes(32 * PAGE_SIZE))
+    script = tmp_path / "filechild.py"
+    script.write_text(FILE_CHILD)
+    c = Child.__new__(Child)
+    c.proc = subprocess.Popen([sys.executable, str(script), str(data)], stdout=subprocess.PIPE,
+                              text=True)
+    c.pid, c.addr = c.proc.pid, int(c.proc.stdout.readline())
+    try:
+        if c.addr < 0:
+            pytest.skip(f"prctl(PR_SET_MEMORY_MERGE) refused (errno {-c.addr})")
+        with open(f"/proc/{c.pid}/pagemap", "rb") as f:
+            before = os.pread(f.fileno(), 32 * 8, c.addr // PAGE_SIZE * 8)
+        rss = _status_kb(c.pid, "VmRSS"), _status_kb(c.pid, "RssAnon"), \
+            _status_kb(c.pid, "RssFile")
+        procs, _, zero_known = capture_live([c.pid])
+        with open(f"/proc/{c.pid}/pagemap", "rb") as f:
+            after = os.pread(f.fileno(), 32 * 8, c.addr // PAGE_SIZE * 8)
+        assert after == before, "the capture changed the target's page tables"
+        assert (_status_kb(c.pid, "VmRSS"), _status_kb(c.pid, "RssAnon"),
+                _status_kb(c.pid, "RssFile")) == rss
+    finally:
+        c.stop()
+    entries = np.frombuffer(before, "<u8")
+    present = (entries >> np.uint64(63)) & np.uint64(1) == 1
+    file_page = (entries >> np.uint64(61)) & np.uint64(1) == 1
+    # the read faults mapped page-cache pages (fault-around maps their neighbours too)
+    assert present[:24].all() and file_page[present].sum() >= 24 - len(FILE_WRITTEN)
+    assert np.flatnonzero(present & ~file_page).tolist() == FILE_WRITTEN
+    snap = build_snapshot(procs, sources=[f"pid:{c.pid}"], zero_pfn_known=zero_known)
+    (vma,) = [v for v in snap.vmas if v.start <= c.addr < v.end]
+    assert vma.file_backed and vma.name == str(data)
+    assert vma.mergeable and procs[0].merge_any is True
+    base = (c.addr - vma.start) // PAGE_SIZE
+    assert (vma.offsets.astype(np.int64) - base).tolist() == FILE_WRITTEN
+    assert np.unique(vma.tokens).size == len(FILE_WRITTEN) and (vma.tokens > 0).all()
+    assert not vma.page_flags.any() or not (vma.page_flags & procfs.PAGE_ZERO_PFN).any()
+    s = snap.summary()["total"]
+    assert s["file_anon_pages"] == sum(v.tokens.size for v in snap.vmas if v.file_backed)
+    assert s["file_anon_pages"] >= len(FILE_WRITTEN) and s["file_vmas"] >= 1
+    # the forecast builds the VMA at its address with those pages present, the rest holes,
+    # and ksmd scans them: pages_scanned of a full scan counts every page of the mergeable
+    # VMAs that is not a zero-page mapping, the file-backed ones included
+    from samepage.forecast import build_machine, simulate
+    from samepage.forecast.run import Until
+    path = tmp_path / "s.npz"
+    save_snapshot(snap, path)
+    built = build_machine(load_snapshot(path))
+    proc = built.processes[0].process
+    (mv,) = [v for v in proc.mm.vmas if v.start == vma.start]
+    assert [i - base for i in range(vma.pages) if int(mv.pte[i]) >= 0] == FILE_WRITTEN
+    scannable = [v for v in snap.vmas if v.mergeable]
+    want = sum(int(np.count_nonzero((v.page_flags & procfs.PAGE_ZERO_PFN) == 0))
+               for v in scannable)
+    in_files = sum(v.tokens.size for v in scannable if v.file_backed)
+    assert in_files >= len(FILE_WRITTEN)
+    r = simulate(built, Until("scans", 2))
+    assert [sc["pages_scanned"] for sc in r.scans] == [want, 2 * want]
+
+
 def test_samples_count_changed_pages(spawn):
     c = spawn("m", "volatile")
     procs, _, _ = capture_live([c.pid], samples=3, interval=0.15)
@@ -309,6 +408,31 @@ def test_smaps_parsing_selects_private_anonymous():
     assert guest.anon_huge_kb == 2048 and guest.pages == 512
     assert guest.flags & procfs.VMA_MERGEABLE and guest.flags & procfs.VMA_HUGEPAGE
     assert not anon[2].flags & procfs.VMA_MERGEABLE
+
+
+def test_smaps_parsing_selects_private_file_vmas_with_anon_pages():
+    """File VMAs ksmd may scan: private, with anonymous pages, not refused by
+    vma_ksm_compatible (VM_SHARED, VM_IO, VM_PFNMAP, VM_DONTEXPAND, VM_MIXEDMAP, VM_HUGETLB)."""
+    head = "7f00000{}0000-7f00000{}0000 {} 00000000 fe:00 {} {}\nAnonymous: {} kB\nVmFlags: {}\n"
+    rows = [("rw-p", 77, "/usr/lib/libc.so.6", 8, "rd wr mr mw me ac mg"),      # taken
+            ("r--p", 77, "/usr/lib/libc.so.6", 4, "rd mr mw me ac mg"),         # RELRO: taken
+            ("rw-p", 78, "/usr/lib/libm.so.6", 0, "rd wr mr mw me ac mg"),      # no anon pages
+            ("rw-s", 79, "/dev/shm/x", 4, "rd wr sh mr mw me ms"),              # shared
+            ("rw-p", 80, "/dev/mem", 4, "rd wr mr mw me io pf"),                # VM_IO|PFNMAP
+            ("rw-p", 81, "/dev/dri/card0", 4, "rd wr mr mw me de"),             # DONTEXPAND
+            ("rw-p", 82, "/dev/hugepages/h", 4, "rd wr mr mw me ht"),           # hugetlb
+            ("r--p", 0, "[vvar]", 0, "rd mr pf io de dd"),                      # special
+            ("rw-p", 0, "", 4, "rd wr mr mw me ac mg")]                         # anonymous
+    text = "".join(head.format(i, i + 1, perms, ino, path, kb, fl)
+                   for i, (perms, ino, path, kb, fl) in enumerate(rows))
+    vmas = procfs.parse_smaps(text)
+    assert [v.anonymous_kb for v in vmas] == [r[3] for r in rows]
+    taken = [i for i, v in enumerate(vmas) if v.file_with_anon]
+    assert taken == [0, 1]
+    assert [i for i, v in enumerate(vmas) if v.private_anonymous] == [8]
+    assert vmas[0].flags & procfs.VMA_FILE and vmas[0].flags & procfs.VMA_MERGEABLE
+    assert vmas[1].flags == procfs.VMA_READ | procfs.VMA_MERGEABLE | procfs.VMA_FILE
+    assert not vmas[8].flags & procfs.VMA_FILE
 
 
 # ------------------------------------------------------------------------------ CLI, live

@@ -1,9 +1,13 @@
 """The model machine of a snapshot (samepage.capture): the captured processes, their anonymous
-VMAs at their addresses (scan order is address order), present pages by token, holes left
+VMAs (and private file-backed VMAs with anonymous pages) at their addresses (scan order is address order), present pages by token, holes left
 unfaulted, THP backing, mergeable flags, and the volatile pages as rewrite sets.
 
 What KSM sees, and how the snapshot maps onto it:
 
+* a private file-backed VMA (flag 128) is built as the others, in address order: its
+  captured pages are its anonymous (COW'd) folios, which ksmd scans; the rest of it is holes.
+  Approximate: ksmd's walk over the VMA's present page-cache pages (folio_walk_start finds a
+  non-anon folio and skips it) is priced like a walk over a hole;
 * a page mapping the shared zero page (page flag 1) is skipped by ksmd's scan
   (``folio_walk_start`` without FW_ZEROPAGE), exactly as a hole: it stays unfaulted;
 * a swapped-out page is not scanned either (no present PTE): a hole too;
