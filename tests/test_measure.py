@@ -60,7 +60,9 @@ WORKER = ("import os, time\n"
 @pytest.mark.skipif(not _ksm_writable(), reason="needs root and a writable /sys/kernel/mm/ksm")
 def test_forecast_agrees_with_the_kernel(tmp_path):
     """Three merge_any workers holding the same 4 MiB: pages_sharing of the forecast and the
-    kernel within 2% (or 50 pages) at every full scan, the same convergence scan."""
+    kernel within 2% (or 50 pages) at every full scan, the same convergence scan; and the
+    same pages_scanned: the capture holds every page ksmd scans, the copied-on-write pages
+    of the interpreter's private file mappings (libpython's data) included."""
     data = tmp_path / "data.bin"
     data.write_bytes(os.urandom(4 << 20))
     pids = []
@@ -78,6 +80,8 @@ def test_forecast_agrees_with_the_kernel(tmp_path):
         r = subprocess.run([SAMEPAGE, "capture", *args, "-o", str(snap)], capture_output=True,
                            text=True, timeout=120)
         assert r.returncode == 0, r.stderr
+        from samepage.capture import load_snapshot
+        assert load_snapshot(snap).summary()["total"]["file_anon_pages"] > 0
         r = subprocess.run([SAMEPAGE, "kernel", "measure", *args, "--set", "pages_to_scan=1000",
                             "--set", "sleep_millisecs=100", "--until", "converged",
                             "--forecast", str(snap), "--json", "--wait", "900"],
@@ -91,6 +95,7 @@ def test_forecast_agrees_with_the_kernel(tmp_path):
             m = fs[s["full_scans"]]
             assert abs(s["pages_sharing"] - m["pages_sharing"]) <= \
                 max(50, 0.02 * s["pages_sharing"]), (s, m)
+            assert s["pages_scanned"] == m["pages_scanned"], (s, m)
         assert k["converged_full_scans"] == f["converged_full_scans"]
         assert k["final"]["pages_sharing"] >= 2 * 1024 - 50
     finally:
