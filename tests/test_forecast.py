@@ -189,6 +189,37 @@ def test_cli_json_plot_and_html(runner, tmp_path):
     assert r.exit_code == 0 and "saved 3.32 MiB" in r.stdout
 
 
+def test_curve_has_every_batch_and_ends_on_the_final_counters(runner, tmp_path):
+    path = _workers(tmp_path)
+    r = runner.invoke(app, ["forecast", str(path), "--set", "pages_to_scan=100", "--json"])
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    cv = doc["curve"]
+    n = len(cv["t_ms"])
+    assert cv["stride_batches"] == 1 and n > len(doc["scans"])      # every batch: 9 a scan
+    assert all(len(cv[k]) == n for k in cv if k != "stride_batches")
+    assert cv["t_ms"] == sorted(cv["t_ms"]) and cv["t_ms"][-1] == pytest.approx(doc["t_ms"])
+    for k in ("pages_sharing", "pages_shared", "pages_unshared", "pages_volatile"):
+        assert cv[k][-1] == doc["final"][k]
+    # each full scan's record is one of the curve's points
+    for s in doc["scans"]:
+        i = cv["t_ms"].index(s["t_ms"])
+        assert cv["pages_sharing"][i] == s["pages_sharing"]
+        assert cv["ksmd_cpu_ms"][i] == pytest.approx(s["ksmd_cpu_ms"])
+
+
+def test_curve_thins_to_a_bounded_uniform_stride():
+    from samepage.forecast.run import Curve
+    c = Curve(max_points=8)
+    zero = {k: 0 for k in ("pages_sharing", "pages_shared", "pages_unshared",
+                           "pages_volatile", "ksm_zero_pages")}
+    for b in range(100):
+        c.add(float(b), 0.0, {**zero, "pages_sharing": b})
+    j = c.as_json()
+    assert len(j["t_ms"]) <= 8 and j["stride_batches"] == 16
+    assert j["pages_sharing"] == list(range(0, 100, 16)) + [99]     # ends on the last batch
+
+
 @pytest.mark.parametrize("args,msg", [
     (["--set", "page_to_scan=5"], 'unknown tunable "page_to_scan"'),
     (["--set", "pages_to_scan"], "expected TUNABLE=VALUE"),

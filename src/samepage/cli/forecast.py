@@ -150,17 +150,27 @@ def _figure(docs: list[tuple[str, dict[str, Any]]], title: str):
         sc = doc["scans"]
         t = [0.0] + [s["t_ms"] / 1000 for s in sc]
         ls = styles.get(doc.get("source", "model"), "-")
+        cv = doc.get("curve")            # counters after every batch (thinned), if recorded
         for name, color in (("pages_sharing", "tab:green"), ("pages_shared", "tab:blue"),
                             ("pages_unshared", "tab:orange"), ("pages_volatile", "tab:red")):
-            ax.plot(t, [0] + [s[name] for s in sc], ls, color=color, marker=".",
-                    label=f"{name} ({label})")
-        ax2.plot(t, [0.0] + [s["ksmd_cpu_ms"] for s in sc], ls, color="tab:gray",
-                 marker=".", label=f"ksmd CPU ms ({label})")
+            if cv and cv.get("t_ms"):
+                ax.plot([0.0] + [x / 1000 for x in cv["t_ms"]], [0] + cv[name], ls,
+                        color=color, label=f"{name} ({label})")
+                ax.plot(t[1:], [s[name] for s in sc], "o", color=color, markersize=3)
+            else:
+                ax.plot(t, [0] + [s[name] for s in sc], ls, color=color, marker=".",
+                        label=f"{name} ({label})")
+        if cv and cv.get("t_ms"):
+            ax2.plot([0.0] + [x / 1000 for x in cv["t_ms"]], [0.0] + cv["ksmd_cpu_ms"], ls,
+                     color="tab:gray", label=f"ksmd CPU ms ({label})")
+        else:
+            ax2.plot(t, [0.0] + [s["ksmd_cpu_ms"] for s in sc], ls, color="tab:gray",
+                     marker=".", label=f"ksmd CPU ms ({label})")
     ax.set_ylabel("pages")
     ax.set_title(title)
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
-    ax2.set_xlabel("time since run = 1 (s); one point per full scan")
+    ax2.set_xlabel("time since run = 1 (s); a dot at the end of each full scan")
     ax2.set_ylabel("ksmd CPU (ms)")
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=7)

@@ -99,6 +99,54 @@ def settled(scans: list[dict[str, Any]], static: bool) -> bool:
     return hi == 0 or (hi - min(last)) <= 0.01 * hi
 
 
+#: counters a curve keeps per batch
+CURVE_KEYS = ("pages_sharing", "pages_shared", "pages_unshared", "pages_volatile",
+              "ksm_zero_pages")
+
+
+class Curve:
+    """The counters after every batch, for plots: at most ``max_points`` points, thinned by
+    keeping every other one whenever it fills (so the stride doubles and stays uniform)."""
+
+    def __init__(self, max_points: int = 2000) -> None:
+        self.max_points = max(2, max_points)
+        self.stride = 1
+        self.seen = 0
+        self.last: tuple | None = None
+        # column order = the order of a point's fields
+        self.cols: dict[str, list] = {"t_ms": [], "ksmd_cpu_ms": [],
+                                      **{k: [] for k in CURVE_KEYS}}
+
+    def add(self, t_ms: float, cpu_ms: float, counters: dict[str, Any]) -> None:
+        self.seen += 1
+        point = (round(t_ms, 3), round(cpu_ms, 3), *(int(counters[k]) for k in CURVE_KEYS))
+        if (self.seen - 1) % self.stride:
+            self.last = point            # drawn at the end, if no later point is kept
+            return
+        self.last = None
+        self._append(point)
+        cols = self.cols
+        if len(cols["t_ms"]) >= self.max_points:
+            n = len(cols["t_ms"])
+            if (n - 1) % 2:              # the newest point goes: keep it as the last
+                self.last = point
+            for v in cols.values():
+                del v[1::2]
+            self.stride *= 2
+
+    def _append(self, point: tuple) -> None:
+        for k, v in zip(self.cols, point):
+            self.cols[k].append(v)
+
+    def as_json(self) -> dict[str, Any]:
+        """Columns of the kept points, and the last batch's (which ends the curve)."""
+        cols = {k: list(v) for k, v in self.cols.items()}
+        if self.last is not None:
+            for k, v in zip(cols, self.last):
+                cols[k].append(v)
+        return {"stride_batches": self.stride, **cols}
+
+
 @dataclass
 class Result:
     scans: list[dict[str, Any]]
@@ -112,6 +160,7 @@ class Result:
     settings: dict[str, Any] = field(default_factory=dict)
     source: str = "model"
     extra: dict[str, Any] = field(default_factory=dict)
+    curve: Curve | None = None
 
     @property
     def saved_bytes(self) -> int:
@@ -128,7 +177,8 @@ class Result:
                 "saved_bytes": self.saved_bytes, "t_ms": round(self.t_ms, 3),
                 "ksmd_cpu_ms": round(self.cpu_ms, 3),
                 "ksmd_cpu_percent": round(self.cpu_percent, 3),
-                "per_process": self.per_process, **self.extra}
+                "per_process": self.per_process, **self.extra,
+                **({"curve": self.curve.as_json()} if self.curve is not None else {})}
 
 
 def scan_record(full_scans: int, t_ms: float, counters: dict[str, Any], cpu_ms: float
@@ -153,6 +203,7 @@ def simulate(built: Built, until: Until, *, max_scans: int = MAX_SCANS_CONVERGED
     seqnr = m.sysfs_read("full_scans")
     base_scans = seqnr
     converged = False
+    curve = Curve()
     limit = int(until.value) if until.kind == "scans" else max_scans
     while True:
         if until.kind == "ms" and sim_ms(m) >= until.value:
@@ -165,11 +216,13 @@ def simulate(built: Built, until: Until, *, max_scans: int = MAX_SCANS_CONVERGED
             raise ForecastError("ksmd stopped: no mm is registered with KSM any more")
         cpu_ms += r.cpu_ms
         t_end = r.t_ms + r.cpu_ms
-        fs = m.sysfs_read("full_scans")
+        counters = m.counters()
+        curve.add(t_end, cpu_ms, counters)
+        fs = counters["full_scans"]
         if fs == seqnr:
             continue
         seqnr = fs
-        rec = scan_record(fs - base_scans, t_end, m.counters(), cpu_ms)
+        rec = scan_record(fs - base_scans, t_end, counters, cpu_ms)
         scans.append(rec)
         if progress is not None:
             progress(rec)
@@ -200,4 +253,4 @@ def simulate(built: Built, until: Until, *, max_scans: int = MAX_SCANS_CONVERGED
     settings["advisor_mode"] = adv[adv.find("[") + 1:adv.find("]")] if "[" in adv else adv
     return Result(scans, final, cf, cms, converged, per, t_end, cpu_ms, settings,
                   extra={"rewrites": dyn.page_writes, "thp_pages": built.thp_pages,
-                         "mergeable_pages": built.mergeable_pages})
+                         "mergeable_pages": built.mergeable_pages}, curve=curve)
