@@ -12,8 +12,10 @@ from samepage.mm.folio import MemoryError_
 from .model_runner import iter_model_trace
 from .schema import Scenario
 
-# counters that keep moving in a converged system
-_MOVING = {"full_scans", "pages_scanned", "pages_skipped", "batch", "t_ms"}
+# the counters that stop moving once KSM has converged (full_scans, pages_scanned,
+# pages_skipped, t_ms, ksmd_cpu_us and the per-batch ops keep moving)
+_SETTLING = ("pages_shared", "pages_sharing", "pages_unshared", "pages_volatile",
+             "stable_node_chains", "stable_node_dups", "ksm_zero_pages", "general_profit")
 
 
 @dataclass
@@ -36,12 +38,16 @@ class StrategyResult:
 
 
 def settled_at(records: list[dict]) -> int | None:
-    """Index of the first record from which every non-moving counter equals the last one."""
+    """Index of the first record from which every settling counter equals the last one."""
     if not records:
         return None
-    last = {k: v for k, v in records[-1].items() if k not in _MOVING}
+
+    def key(rec):
+        return tuple(rec.get(k) for k in _SETTLING)
+
+    last = key(records[-1])
     idx = len(records) - 1
-    while idx > 0 and {k: v for k, v in records[idx - 1].items() if k not in _MOVING} == last:
+    while idx > 0 and key(records[idx - 1]) == last:
         idx -= 1
     return idx
 
