@@ -404,6 +404,8 @@ def measure(
             error_exit(f"{forecast_}: {e}")
         fdoc = res.as_json()
         fdoc["until"] = u.kind
+        # run for the kernel's number of scans: settled by the kernel's rule, not "converged"
+        fdoc["converged"] = settled(fdoc["scans"], static=_static(snap))
     if plot is not None:
         docs = [("kernel", kdoc)] + ([("model", fdoc)] if fdoc else [])
         with reported_errors():

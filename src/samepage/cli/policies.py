@@ -71,14 +71,38 @@ def print_summary(con: Console, r: PolicyRun) -> None:
               soft_wrap=True)
 
 
-def compare_policies(sc, duration: float | None) -> list[PolicyRun]:
-    return [run_with_policy(sc, _policy_or_none(sc, n), duration, label=n)
-            for n in ("none", *COMPARED)]
+def compare_policies(sc, duration: float | None, progress=None) -> list[PolicyRun]:
+    """Every policy on the scenario; ``progress(i, n, name)`` is called before each."""
+    names = ("none", *COMPARED)
+    runs = []
+    for i, n in enumerate(names):
+        if progress is not None:
+            progress(i, len(names), n)
+        runs.append(run_with_policy(sc, _policy_or_none(sc, n), duration, label=n))
+    return runs
+
+
+def _stderr_progress():
+    """A one-line progress report on stderr when it is a terminal (each policy takes seconds
+    to tens of seconds), else None."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(i: int, n: int, name: str) -> None:
+        sys.stderr.write(f"\r\x1b[Krunning policy {i + 1} of {n}: {name} ...")
+        sys.stderr.flush()
+    return show
 
 
 def print_policy_comparison(con: Console, sc, title: str, duration: float | None,
                             plot: Path | None) -> None:
-    runs = compare_policies(sc, duration)
+    show = _stderr_progress()
+    try:
+        runs = compare_policies(sc, duration, progress=show)
+    finally:
+        if show is not None:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
     dur = runs[0].duration_ms / 1000
     times = [dur * f for f in (0.1, 0.25, 0.5, 0.75, 1.0)]
     t = Table(title=f"{markup_safe(title)}: tuning policies over {dur:g} s (simulated)",
