@@ -153,3 +153,20 @@ def test_policy_all_shows_progress_on_a_terminal_and_nothing_when_piped(tmp_path
     r = subprocess.run([SAMEPAGE, "run", sc, "--policy", "all", "--duration", "5"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stderr == ""
+
+
+def test_sweep_marks_cells_that_ended_before_the_second_full_scan(tmp_path):
+    """demo.toml runs 80 batches: at pages_to_scan=100 ksmd has not finished one full scan, so
+    the cell saved nothing and its "converged" time means nothing; at 1600 it merged."""
+    demo = ROOT / "src" / "samepage" / "data" / "demo.toml"
+    r = CliRunner().invoke(app, ["sweep", str(demo), "--grid", "ksm.pages_to_scan=100,1600",
+                                 "--serial"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    rows = {line.split("│")[2].strip(): line for line in r.output.splitlines()
+            if line.startswith("│")}
+    assert "too short" in rows["100"]
+    assert "too short" not in rows["1600"] and "1.298" in rows["1600"]
+    assert "ended before ksmd's second full scan" in r.output
+    r = CliRunner().invoke(app, ["sweep", str(demo), "--grid", "ksm.pages_to_scan=1600",
+                                 "--serial"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "too short" not in r.output

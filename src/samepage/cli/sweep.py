@@ -55,6 +55,17 @@ def _fmt(v: Any, nd: int = 2) -> str:
     return str(v)
 
 
+def _too_short(r: dict[str, Any]) -> bool:
+    """A cell that ended before ksmd's second full scan: nothing could merge yet, so its
+    saving and convergence say nothing about the settings."""
+    return not r.get("error") and r.get("full_scans") is not None and r["full_scans"] < 2
+
+
+TOO_SHORT_NOTE = ("too short: the cell ended before ksmd's second full scan, so nothing could "
+                  "merge yet; run it longer (run.batches=N for a scenario, policy.duration_s, "
+                  "--until for a snapshot)")
+
+
 def results_table(rows: list[dict[str, Any]], grid_keys: list[str], several: bool) -> Table:
     from samepage.sweep.grid import show
 
@@ -74,7 +85,8 @@ def results_table(rows: list[dict[str, Any]], grid_keys: list[str], several: boo
             cells.append(markup_safe(os.path.basename(r["input"])))
         cells += [markup_safe(show(r[k])) for k in grid_keys]
         cells += [_fmt(r["pages_sharing"]), _fmt(r["pages_shared"]), _fmt(r["saved_mib"]),
-                  _fmt(conv, 3), _fmt(r["ksmd_cpu_ms"], 1), _fmt(r["ksmd_cpu_percent"]),
+                  "too short" if _too_short(r) else _fmt(conv, 3), _fmt(r["ksmd_cpu_ms"], 1),
+                  _fmt(r["ksmd_cpu_percent"]),
                   markup_safe(r["error"][:80])]
         t.add_row(*cells)
     return t
@@ -195,6 +207,8 @@ def sweep(
     else:
         con = stdout_console()
         con.print(results_table(rows, grid_keys, len(loaded) > 1))
+        if any(_too_short(r) for r in rows):
+            con.print(markup_safe(TOO_SHORT_NOTE), soft_wrap=True)
         if points:
             con.print(fleet_table(points, loaded))
         tail = [f"{len(cells)} cells {where} in {wall:.1f} s"]
