@@ -170,3 +170,37 @@ def test_sweep_marks_cells_that_ended_before_the_second_full_scan(tmp_path):
     r = CliRunner().invoke(app, ["sweep", str(demo), "--grid", "ksm.pages_to_scan=1600",
                                  "--serial"], env={"COLUMNS": "200"})
     assert r.exit_code == 0 and "too short" not in r.output
+
+
+def test_capture_summary_gives_mib_as_the_table_does(tmp_path):
+    import re
+    import time
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import time; b = bytearray(b'x' * (4 << 20)); time.sleep(60)"])
+    try:
+        time.sleep(1.0)
+        r = subprocess.run([SAMEPAGE, "capture", "--pid", str(child.pid), "-o",
+                            str(tmp_path / "c.npz")], capture_output=True, text=True,
+                           timeout=120, env={**os.environ, "COLUMNS": "200"})
+    finally:
+        child.kill()
+        child.wait()
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"Captured ([\d.]+) MiB \(([\d.]+) MB\) in", r.stdout)
+    assert m, r.stdout
+    mib, mb = float(m.group(1)), float(m.group(2))
+    assert mib >= 4 and abs(mib * 2**20 - mb * 1e6) <= 0.1e6
+    all_row = next(x for x in r.stdout.splitlines() if x.startswith("│   all"))
+    assert float(all_row.split("│")[-2]) == mib
+
+
+def test_recommend_says_one_setting_tried(tmp_path):
+    snap = _snapshot(tmp_path)
+    r = CliRunner().invoke(app, ["forecast", str(snap), "--recommend", "--within", "1h",
+                                 "--max-cpu", "100"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "(1 setting tried, slowest scan rate first)" in r.output
+    r = CliRunner().invoke(app, ["forecast", str(snap), "--recommend", "--within", "2s",
+                                 "--max-cpu", "100"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert " settings tried, slowest scan rate first)" in r.output

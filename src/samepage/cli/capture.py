@@ -143,7 +143,9 @@ def _print_summary(summary: dict[str, Any], as_json: bool, saved: str | None) ->
     if summary["samples"] > 1:
         print(f"{summary['samples']} samples {summary['interval_s']:g} s apart: "
               f"{s['changed_pages']} pages changed at least once.")
-    print(f"Captured {mb:.1f} MB in {secs:.2f} s{rate}.")
+    # MiB as in the table above; MB (10**6) for the rate, as disk and memory speeds are given
+    print(f"Captured {summary['captured_bytes'] / 2**20:.1f} MiB ({mb:.1f} MB) in {secs:.2f} s"
+          f"{rate}.")
     if saved:
         print(printable(f"Snapshot written to {saved}."))
 

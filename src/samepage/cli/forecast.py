@@ -333,7 +333,7 @@ def _print_recommend(con, best, tried, within_ms: float, max_cpu: float, json_ou
         con.print(f"recommended: pages_to_scan = {best.pages_to_scan}, sleep_millisecs = "
                   f"{best.sleep_millisecs}: converges in {r.converged_ms / 1000:.2f} s "
                   f"({r.converged_full_scans} full scans) at {r.cpu_percent:.2f}% of one CPU, "
-                  f"saving {r.saved_bytes / MIB:.2f} MiB ({len(tried)} settings tried, slowest "
+                  f"saving {r.saved_bytes / MIB:.2f} MiB ({len(tried)} setting{'s' if len(tried) != 1 else ''} tried, slowest "
                   "scan rate first)", soft_wrap=True)
         return
     fastest = max(tried, key=lambda c: c.pages_to_scan / c.sleep_millisecs)
