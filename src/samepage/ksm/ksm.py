@@ -583,22 +583,25 @@ class Ksm(KsmHooks):
         pc = mem.page_content
         content = pc[page]
         ops = self.ops
+        stable_node_chain = self.__stable_node_chain     # bound once per search
+        folio_put = mem.folio_put
+        token = content.__class__ is int
         while True:                          # again:
             cur = root.rb_node
             restart = False
             while cur is not None:
-                dup, tree_folio, node = self.__stable_node_chain(cur, root, True)
+                dup, tree_folio, node = stable_node_chain(cur, root, True)
                 if tree_folio is None:
                     restart = True
                     break
                 ops[OP_MEMCMP_STABLE] += 1
                 other = pc[dup.kpfn]
-                if content.__class__ is int and other.__class__ is int:
+                if token and other.__class__ is int:
                     ret = (content > other) - (content < other)
                 else:
                     from samepage.mm.content import memcmp_contents
                     ret = memcmp_contents(content, other)
-                mem.folio_put(tree_folio)
+                folio_put(tree_folio)
                 if ret < 0:
                     cur = node.rb_left
                 elif ret > 0:
@@ -870,6 +873,11 @@ class Ksm(KsmHooks):
         items = slot.rmap_list
         idx = scan.rmap_index
         n = len(items)
+        if idx < n:
+            it = items[idx]
+            if it.address & PAGE_MASK == addr:     # the common case: the next item is ours
+                scan.rmap_index = idx + 1
+                return it
         j = idx
         while j < n:
             it = items[j]
@@ -912,6 +920,8 @@ class Ksm(KsmHooks):
         mem = self.mem
         next_item = self.scan_get_next_rmap_item
         cmp_and_merge_page = self.cmp_and_merge_page
+        folio_put = mem.folio_put
+        pf = mem.page_folio
         while scan_npages > 0:
             scan_npages -= 1
             got = next_item()
@@ -920,7 +930,7 @@ class Ksm(KsmHooks):
             item, page = got
             ops[OP_VISIT] += 1
             cmp_and_merge_page(page, item)
-            mem.folio_put(mem.page_folio[page])
+            folio_put(pf[page])
             self.ksm_pages_scanned += 1
             done += 1
         return done
@@ -933,17 +943,18 @@ class Ksm(KsmHooks):
     def find_mergeable_vma(self, mm: MM, addr: int) -> Vma | None:
         if mm.mm_users == 0:
             return None
-        vma = mm.find_vma(addr & PAGE_MASK)
+        vma = mm.find_vma(addr)        # vma_lookup: an rmap_item's flag bits are below the page
         if vma is None or not vma.flags & VM_MERGEABLE or vma.anon_vma is None:
             return None
         return vma
 
     def get_mergeable_page(self, item: RmapItem) -> int | None:
         """The page mapped at ``item``'s address, with a reference, or None."""
-        vma = self.find_mergeable_vma(item.mm, item.address)
+        addr = item.address
+        vma = self.find_mergeable_vma(item.mm, addr)
         if vma is None:
             return None
-        i = ((item.address & PAGE_MASK) - vma.start) >> PAGE_SHIFT
+        i = (addr - vma.start) >> PAGE_SHIFT     # the flag bits shift out
         pfn = vma.pte[i]
         if pfn < 0 or vma.ptef[i] & PTE_SPECIAL:
             return None
@@ -1138,28 +1149,34 @@ class Ksm(KsmHooks):
         is_left = False
         if self.preempt is not None:
             self.preempt("unstable_search:before")
+        # bound once per search, not per tree level (a --patch replaces the class's
+        # method before the search starts, so it is still the one called)
+        get_mergeable_page = self.get_mergeable_page
+        folio_put = mem.folio_put
+        pf = mem.page_folio
+        token = content.__class__ is int
         cur = root.rb_node
         while cur is not None:
-            tree_page = self.get_mergeable_page(cur)
+            tree_page = get_mergeable_page(cur)
             if tree_page is None:
                 return None                  # stale node on the path: nothing inserted
             if tree_page == page:
-                mem.folio_put(mem.page_folio[tree_page])
+                folio_put(pf[tree_page])
                 return None
             ops[OP_MEMCMP_UNSTABLE] += 1
             other = pc[tree_page]
-            if content.__class__ is int and other.__class__ is int:
+            if token and other.__class__ is int:
                 ret = (content > other) - (content < other)
             else:
                 from samepage.mm.content import memcmp_contents
                 ret = memcmp_contents(content, other)
             parent = cur
             if ret < 0:
-                mem.folio_put(mem.page_folio[tree_page])
+                folio_put(pf[tree_page])
                 cur = cur.rb_left
                 is_left = True
             elif ret > 0:
-                mem.folio_put(mem.page_folio[tree_page])
+                folio_put(pf[tree_page])
                 cur = cur.rb_right
                 is_left = False
             elif not self.ksm_merge_across_nodes and mem.pfn_to_nid(tree_page) != nid:

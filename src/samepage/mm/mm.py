@@ -148,7 +148,7 @@ class MM:
     __slots__ = ("mem", "name", "pid", "vmas", "vma_names", "flags", "mm_users", "mm_count",
                  "nid",
                  "ksm_merging_pages", "ksm_rmap_items", "ksm_zero_pages", "anon_rss",
-                 "next_addr", "pte_tables", "__weakref__")
+                 "next_addr", "pte_tables", "vmacache", "__weakref__")
 
     _next_pid = 1000
 
@@ -172,6 +172,7 @@ class MM:
         self.anon_rss = 0
         self.next_addr = VA_BASE
         self.pte_tables: set[int] = set()   # 2 MiB blocks (vpn >> 9) that have a PTE table
+        self.vmacache: Vma | None = None    # the VMA find_vma found last (vmacache_find)
 
     def __repr__(self) -> str:
         return f"<mm {self.name} pid={self.pid}>"
@@ -187,12 +188,26 @@ class MM:
         return i
 
     def find_vma(self, addr: int) -> Vma | None:
-        """The VMA containing ``addr`` (``vma_lookup``), or None."""
+        """The VMA containing ``addr`` (``vma_lookup``), or None.
+
+        The last VMA found is tried first: the kernel had this, a per-thread
+        ``vmacache`` (mm/vmacache.c, 4 entries), until 6.1 replaced it by the maple tree.
+        Here it is one entry per mm, for ksmd's unstable-tree walk, which looks up the VMA
+        of every node it passes.  Any change of ``vmas`` or of a VMA's bounds calls
+        ``vmacache_invalidate`` (the bounds are also checked on every hit)."""
+        vma = self.vmacache
+        if vma is not None and vma.start <= addr < vma.end:
+            return vma
         vmas = self.vmas
         i = bisect_right(vmas, addr, key=_vma_start) - 1
         if i >= 0 and addr < vmas[i].end:
-            return vmas[i]
+            vma = self.vmacache = vmas[i]
+            return vma
         return None
+
+    def vmacache_invalidate(self) -> None:
+        """Forget the cached VMA (the kernel bumped ``mm->vmacache_seqnum``)."""
+        self.vmacache = None
 
     def vma_by_name(self, name: str) -> Vma:
         vma = self.vma_names.get(name)
@@ -221,6 +236,7 @@ class MM:
         return vma
 
     def _insert_vma(self, vma: Vma) -> None:
+        self.vmacache_invalidate()
         insort(self.vmas, vma, key=_vma_start)
         name = vma.name
         if name is not None:
@@ -232,6 +248,7 @@ class MM:
         vmas = self.vmas
         i = bisect_right(vmas, vma.start, key=_vma_start) - 1
         assert vmas[i] is vma
+        self.vmacache_invalidate()
         del vmas[i]
         vma.dead = "munmap"
         if self.mem.sanitizer is not None:
@@ -263,6 +280,7 @@ class MM:
         new.pgoff = vma.pgoff + i
         new.file = vma.file
         new.dead = None
+        self.vmacache_invalidate()
         vma.end = addr
         del vma.pte[i:]
         del vma.ptef[i:]
@@ -681,6 +699,7 @@ class MM:
             vma.dead = "exit"
             if san is not None:
                 san.vma_freed(vma)
+        self.vmacache_invalidate()
         self.vmas = []
         self.vma_names = {}
         self.pte_tables = set()              # free_pgtables
