@@ -217,7 +217,7 @@ def html_page(doc: dict[str, Any], title: str) -> str:
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:2px 8px;
 text-align:right}}th{{background:#eee}}svg{{max-width:100%;height:auto}}</style></head>
 <body><h1>{e(title)}</h1><ul>{summary}</ul>
-<h2>Counters at each full scan</h2>{svg}
+<h2>Counters over simulated time (a dot at the end of each full scan)</h2>{svg}
 <h2>Per process</h2><table><tr><th>pid</th><th>comm</th><th>merging pages</th>
 <th>merged MiB</th><th>profit MiB</th></tr>{rows}</table>
 <h2>Settings</h2><table><tr><th>tunable</th><th>value</th></tr>{settings}</table>
