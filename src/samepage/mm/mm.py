@@ -5,7 +5,8 @@ Models the pieces of ``mm/mmap.c``, ``mm/vma.c``, ``mm/madvise.c``, ``mm/memory.
 ``wp_page_copy``, ``wp_page_reuse``, ``zap_pte_range``, ``copy_present_pte``),
 ``kernel/fork.c`` (``dup_mmap``), ``kernel/exit.c``/``__mmput``, the mm lifetime counts
 (``mm_users``, ``mm_count`` with ``mmgrab``/``mmdrop``) and the prctl of ``kernel/sys.c``
-that KSM interacts with.
+that KSM interacts with.  ``find_vma`` keeps the pre-6.1 ``mm/vmacache.c`` idea: the last
+VMA found, one entry per mm.
 
 A VMA's page table is two flat arrays, one slot per virtual page: ``pte[i]`` is the pfn
 mapped there (-1: none) and ``ptef[i]`` its PTE bits (``PTE_WRITE``, ``PTE_DIRTY``,
