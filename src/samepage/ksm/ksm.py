@@ -583,25 +583,22 @@ class Ksm(KsmHooks):
         pc = mem.page_content
         content = pc[page]
         ops = self.ops
-        stable_node_chain = self.__stable_node_chain     # bound once per search
-        folio_put = mem.folio_put
-        token = content.__class__ is int
         while True:                          # again:
             cur = root.rb_node
             restart = False
             while cur is not None:
-                dup, tree_folio, node = stable_node_chain(cur, root, True)
+                dup, tree_folio, node = self.__stable_node_chain(cur, root, True)
                 if tree_folio is None:
                     restart = True
                     break
                 ops[OP_MEMCMP_STABLE] += 1
                 other = pc[dup.kpfn]
-                if token and other.__class__ is int:
+                if content.__class__ is int and other.__class__ is int:
                     ret = (content > other) - (content < other)
                 else:
                     from samepage.mm.content import memcmp_contents
                     ret = memcmp_contents(content, other)
-                folio_put(tree_folio)
+                mem.folio_put(tree_folio)
                 if ret < 0:
                     cur = node.rb_left
                 elif ret > 0:
@@ -920,8 +917,6 @@ class Ksm(KsmHooks):
         mem = self.mem
         next_item = self.scan_get_next_rmap_item
         cmp_and_merge_page = self.cmp_and_merge_page
-        folio_put = mem.folio_put
-        pf = mem.page_folio
         while scan_npages > 0:
             scan_npages -= 1
             got = next_item()
@@ -930,7 +925,7 @@ class Ksm(KsmHooks):
             item, page = got
             ops[OP_VISIT] += 1
             cmp_and_merge_page(page, item)
-            folio_put(pf[page])
+            mem.folio_put(mem.page_folio[page])
             self.ksm_pages_scanned += 1
             done += 1
         return done
@@ -943,7 +938,7 @@ class Ksm(KsmHooks):
     def find_mergeable_vma(self, mm: MM, addr: int) -> Vma | None:
         if mm.mm_users == 0:
             return None
-        vma = mm.find_vma(addr)        # vma_lookup: an rmap_item's flag bits are below the page
+        vma = mm.find_vma(addr)      # vma_lookup; the rmap_item flag bits are below the page
         if vma is None or not vma.flags & VM_MERGEABLE or vma.anon_vma is None:
             return None
         return vma
