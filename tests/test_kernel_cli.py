@@ -306,6 +306,8 @@ def test_top_refreshes_and_stops(runner):
     assert time.monotonic() - t0 >= 0.3
     assert "Memory saved" in r.stdout and "pages_sharing" in r.stdout
     assert "tunables" not in r.stdout          # top is the compact view
+    # not a terminal: batch mode, every refresh printed (the first view and 3 more)
+    assert r.stdout.count("Memory saved") == 4 and r.stdout.count("--- ") == 3
 
 
 def test_status_analysis_numbers():

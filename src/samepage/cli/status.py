@@ -284,6 +284,22 @@ def kernel_top(
     con = stdout_console()
     prev = st.take_snapshot()
     done = 0
+    if not con.is_terminal:
+        # batch mode (as top -b): each refresh printed after the last, so a pipe or a log
+        # sees them as they come, not only the last frame at the end
+        try:
+            con.print(render(st.analyse(prev), full=False, limit=limit))
+            while not iterations or done < iterations:
+                time.sleep(interval)
+                snap = st.take_snapshot(prev.ksmd_pid)
+                con.print(f"--- {time.strftime('%H:%M:%S')}")
+                con.print(render(st.analyse(snap, prev), full=False, limit=limit))
+                con.file.flush()
+                prev = snap
+                done += 1
+        except KeyboardInterrupt:
+            pass
+        return
     try:
         with Live(render(st.analyse(prev), full=False, limit=limit), console=con,
                   auto_refresh=False, screen=False) as live:
