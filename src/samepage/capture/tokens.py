@@ -6,10 +6,14 @@ the tokens, and token 0 is the zero page. A capture maps real pages onto that sp
 
 * an all-zero page gets token 0;
 * the other distinct contents, identified by xxh3_128 of the 4 KiB, are sorted by (their first
-  8 bytes read big-endian, then the 128-bit hash) and numbered 1, 2, ... in that order.
+  32 bytes, as four big-endian words, then the 128-bit hash) and numbered 1, 2, ... in that
+  order.
 
-So token order is memcmp order exactly as far as the first 8 bytes decide it; between pages
-whose first 8 bytes are equal it is the hash order (approximate: memcmp would look further).
+So token order is memcmp order exactly as far as the first 32 bytes decide it; between pages
+whose first 32 bytes are equal it is the hash order (approximate: memcmp would look further).
+The order matters beyond the merges: it shapes ksmd's trees, hence how many memcmps a search
+costs (pages that differ only after their first word, such as a counter behind a common
+header, are inserted in sorted order by the kernel: a deep right spine, not a random tree).
 Equal hashes are taken as equal contents: a 128-bit collision among the at most 2^40 pages of
 a host is far less likely (about 2^-49) than a memory error in the machine reading them.
 
@@ -25,14 +29,17 @@ import xxhash
 
 PAGE_SIZE = 4096
 PAGE_WORDS = PAGE_SIZE // 8
+#: big-endian words of a page's start kept to order the tokens (transient: 32 bytes a page
+#: while a capture runs, never written to a snapshot)
+KEY_WORDS = 4
 #: The hash recorded for an all-zero page (its contents are known: token 0).
 ZERO_HASH = (0, 0)
 
 
 @dataclass
 class Digests:
-    """Per-page digests of a run of pages: ``zero`` (all-zero contents), ``first`` (the first
-    8 bytes as a big-endian uint64) and ``hash`` ((n, 2) uint64: xxh3_128, high word first;
+    """Per-page digests of a run of pages: ``zero`` (all-zero contents), ``first`` ((n,
+    KEY_WORDS) uint64: the first 32 bytes as big-endian words) and ``hash`` ((n, 2) uint64: xxh3_128, high word first;
     (0, 0) for a zero page)."""
 
     zero: np.ndarray
@@ -45,12 +52,14 @@ class Digests:
 
     @classmethod
     def empty(cls) -> "Digests":
-        return cls(np.zeros(0, bool), np.zeros(0, np.uint64), np.zeros((0, 2), np.uint64))
+        return cls(np.zeros(0, bool), np.zeros((0, KEY_WORDS), np.uint64),
+                   np.zeros((0, 2), np.uint64))
 
     @classmethod
     def zeros(cls, n: int) -> "Digests":
         """``n`` pages known to be zero (the shared zero page) without reading them."""
-        return cls(np.ones(n, bool), np.zeros(n, np.uint64), np.zeros((n, 2), np.uint64))
+        return cls(np.ones(n, bool), np.zeros((n, KEY_WORDS), np.uint64),
+                   np.zeros((n, 2), np.uint64))
 
     @classmethod
     def concat(cls, parts: list["Digests"]) -> "Digests":
@@ -74,8 +83,8 @@ def digest_pages(buf: bytes | bytearray | memoryview) -> Digests:
         return Digests.empty()
     words = np.frombuffer(mv, dtype=np.uint64, count=n * PAGE_WORDS).reshape(n, PAGE_WORDS)
     zero = np.bitwise_or.reduce(words, axis=1) == 0
-    # the first 8 bytes read as a big-endian number (a view, not a value conversion)
-    first = np.ascontiguousarray(words[:, 0]).view(">u8").astype(np.uint64)
+    # the first words read as big-endian numbers (a view, not a value conversion)
+    first = np.ascontiguousarray(words[:, :KEY_WORDS]).view(">u8").astype(np.uint64)
     hashes = np.zeros((n, 2), np.uint64)
     nz = np.flatnonzero(~zero)
     if nz.size:
@@ -90,16 +99,17 @@ def digest_pages(buf: bytes | bytearray | memoryview) -> Digests:
 
 def assign_tokens(d: Digests) -> tuple[np.ndarray, int]:
     """The token of every page of ``d`` (uint64) and the number of distinct non-zero
-    contents: 0 for zero pages, the others numbered from 1 in (first word, hash) order."""
+    contents: 0 for zero pages, the others numbered from 1 in (first words, hash) order."""
     tokens = np.zeros(d.n, np.uint64)
     nz = np.flatnonzero(~d.zero)
     if nz.size == 0:
         return tokens, 0
     first, hi, lo = d.first[nz], d.hash[nz, 0], d.hash[nz, 1]
-    order = np.lexsort((lo, hi, first))
-    f, h, l_ = first[order], hi[order], lo[order]
+    # np.lexsort: the last key is the primary one
+    order = np.lexsort((lo, hi) + tuple(first[:, k] for k in range(KEY_WORDS - 1, -1, -1)))
+    h, l_ = hi[order], lo[order]
     new = np.ones(nz.size, bool)
-    new[1:] = (f[1:] != f[:-1]) | (h[1:] != h[:-1]) | (l_[1:] != l_[:-1])
+    new[1:] = (h[1:] != h[:-1]) | (l_[1:] != l_[:-1])     # equal hash: equal contents
     rank = np.cumsum(new, dtype=np.uint64)               # 1, 2, ... per distinct content
     out = np.empty(nz.size, np.uint64)
     out[order] = rank
