@@ -187,6 +187,12 @@ def test_cli_json_plot_and_html(runner, tmp_path):
     assert "<svg" in page and 'src="http' not in page and "<link" not in page   # self-contained
     r = runner.invoke(app, ["forecast", str(path), "--until", "2"])
     assert r.exit_code == 0 and "saved 3.32 MiB" in r.stdout
+    assert "shipped cost profile" in r.stdout and "kernel calibrate" in r.stdout
+    prof = tmp_path / "host.toml"
+    from samepage.ksm.costs import default_costs, write_profile
+    write_profile(default_costs(), prof)
+    r = runner.invoke(app, ["forecast", str(path), "--until", "2", "--costs", str(prof)])
+    assert r.exit_code == 0 and "shipped cost profile" not in r.stdout
 
 
 def test_curve_has_every_batch_and_ends_on_the_final_counters(runner, tmp_path):

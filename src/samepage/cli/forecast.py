@@ -309,6 +309,13 @@ def forecast(
         extra.append(f"{built.thp_pages} pages THP-backed at the start")
     con.print("  " + markup_safe("; ".join(extra)) + f" (the simulation took {wall:.2f} s)",
               soft_wrap=True)
+    if costs is None:
+        # ksmd's cost per operation drifts by 15-30% within hours on a shared machine
+        # (docs/cpu-model.md): say where the CPU figure comes from and how to pin it down
+        con.print("  " + markup_safe(
+            "ksmd CPU priced by the shipped cost profile (fitted on the reference machine); "
+            "for this host's figure: samepage kernel calibrate -o host.toml, then --costs "
+            "host.toml"), style="dim", soft_wrap=True)
     if plot is not None:
         con.print(f"  plot: {markup_safe(plot)}")
     if html_out is not None:
