@@ -183,8 +183,8 @@ def test_tokens_equal_iff_contents_equal_and_ordered_by_first_word(spec):
 def test_token_order_is_memcmp_order_over_the_first_32_bytes(spec):
     # pages that share a header word and differ in the 2nd-4th words (a counter behind a
     # common header): the kernel's trees see them in memcmp order, so must the tokens
-    pages = [b"HDR\x00\x00\x00\x00\x01" + (w).to_bytes(8, "big") * 3 + k.to_bytes(8, "big")
-             * 1 + bytes(PAGE_SIZE - 40) for w, k in [(a, b) for a, b in spec]]
+    pages = [b"HDR\x00\x00\x00\x00\x01" + w.to_bytes(8, "big") * 3 + k.to_bytes(8, "big")
+             + bytes(PAGE_SIZE - 40) for w, k in spec]
     tok, _ = assign_tokens(digest_pages(b"".join(pages)))
     for i, p in enumerate(pages):
         for j, q in enumerate(pages):

@@ -34,7 +34,8 @@ from samepage.mm.mm import (FAULT_FLAG_UNSHARE, MADV_MERGEABLE, MADV_UNMERGEABLE
 
 from .checksum import ZERO_CHECKSUM, calc_checksum_content
 from .costs import CostModel, resolve_costs
-from .opcounts import (OP_BATCH, OP_CHAIN_DUP, OP_CHECKSUM, OP_CHECKSUM_LARGE, OP_COW_BREAK, OP_MEMCMP_EQUAL,
+from .opcounts import (OP_BATCH, OP_CHAIN_DUP, OP_CHECKSUM, OP_CHECKSUM_LARGE, OP_COW_BREAK,
+                       OP_MEMCMP_EQUAL,
                        OP_MEMCMP_MERGE, OP_MEMCMP_STABLE, OP_MEMCMP_UNSTABLE, OP_MERGE_KSM,
                        OP_MERGE_ONE, OP_MERGE_PAIR, OP_MERGE_ZERO, OP_NO_PAGE, OP_RMAP_ALLOC,
                        OP_VISIT_PMD, OP_RMAP_FREE,
@@ -870,27 +871,21 @@ class Ksm(KsmHooks):
         items = slot.rmap_list
         idx = scan.rmap_index
         n = len(items)
-        if idx < n:
-            it = items[idx]
-            if it.address & PAGE_MASK == addr:     # the common case: the next item is ours
-                scan.rmap_index = idx + 1
-                return it
-        j = idx
-        while j < n:
-            it = items[j]
-            a = it.address
-            if a & PAGE_MASK == addr:
-                break
-            if a > addr:
-                break
-            j += 1
-        if j > idx:
-            # items whose pages are gone: free them
-            stale = items[idx:j]
-            del items[idx:j]
-            for it in stale:
-                self.remove_rmap_item_from_tree(it)
-                self.free_rmap_item(it)
+        # the common case, the next item is this page's, skips the search for stale items
+        if idx < n and items[idx].address & PAGE_MASK != addr:
+            j = idx
+            while j < n:
+                a = items[j].address
+                if a & PAGE_MASK == addr or a > addr:
+                    break
+                j += 1
+            if j > idx:
+                # items whose pages are gone: free them
+                stale = items[idx:j]
+                del items[idx:j]
+                for it in stale:
+                    self.remove_rmap_item_from_tree(it)
+                    self.free_rmap_item(it)
         if idx < len(items) and items[idx].address & PAGE_MASK == addr:
             scan.rmap_index = idx + 1
             return items[idx]

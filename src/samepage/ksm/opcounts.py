@@ -59,8 +59,8 @@ OP_NO_PAGE = 21
 #: visits of a page mapped by a PMD (a whole THP); they are counted in ``visit`` too, but
 #: priced apart (``priced``): the kernel's page walk stops a level higher
 OP_VISIT_PMD = 22
-#: ``calc_checksum`` of a page of a large folio; counted in ``checksum`` too, priced apart:
-#: physically contiguous pages stream faster (hardware prefetch across the 4 KiB boundary)
+#: ``calc_checksum`` of a page of a large folio; counted in ``checksum`` too, priced apart
+#: (measured cheaper: physically contiguous, presumably streamed across the 4 KiB boundary)
 OP_CHECKSUM_LARGE = 23
 
 OP_NAMES: tuple[str, ...] = (

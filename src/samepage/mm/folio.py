@@ -132,6 +132,7 @@ class Memory:
         self._section_end = [0] * numa_nodes
         self._free = [array("q") for _ in range(numa_nodes)]   # freed frames, reused LIFO
         self.nr_free_frames = 0
+        self.next_pid = 1000                   # the last pid given (pids count per machine)
         self.lru_batch: list = []              # this CPU's folio_batch of LRU additions
         self.lru_batching = True
         self.vmstat = {"cow_ksm": 0, "ksm_swpin_copy": 0, "thp_split_page": 0,

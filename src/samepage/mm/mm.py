@@ -151,13 +151,11 @@ class MM:
                  "ksm_merging_pages", "ksm_rmap_items", "ksm_zero_pages", "anon_rss",
                  "next_addr", "pte_tables", "vmacache", "__weakref__")
 
-    _next_pid = 1000
-
     def __init__(self, mem: Memory, name: str, nid: int = 0):
         self.mem = mem
         self.name = name
         # pids count per machine (Memory), so that a replayed schedule names the same mm
-        mem.next_pid = getattr(mem, "next_pid", MM._next_pid) + 1
+        mem.next_pid += 1
         self.pid = mem.next_pid
         # Sorted by start and never overlapping: lookups bisect it, O(log N) as the
         # kernel's maple tree gives (vma_lookup, vma_iter_init).
