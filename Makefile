@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install build bench fuzz zoo clean
+.PHONY: demo test install build bench fuzz zoo clean pypy bench-pypy
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,10 +22,30 @@ demo: build
 	$(VENV)/bin/samepage demo
 
 test: build
+	-$(MAKE) -s pypy
 	$(PY) -m pytest -q
 
 bench: build
 	$(PY) benchmarks/scan_rate.py
+
+# PyPy (Debian's pypy3, a JIT) runs the same .py sources: .venv-pypy, with src on its path.
+# Installs pypy3 with apt when it is missing and we are root; otherwise says how.
+PYPY_VENV ?= .venv-pypy
+PYPY_STAMP := $(PYPY_VENV)/.installed
+$(PYPY_STAMP): requirements-pypy.txt
+	@command -v pypy3 >/dev/null || { [ "$$(id -u)" = 0 ] && \
+	  { apt-get install -y -q pypy3 >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q pypy3 >/dev/null; }; }; } || \
+	  { echo "make pypy: pypy3 is not installed (apt-get install pypy3)"; exit 1; }
+	pypy3 -m venv $(PYPY_VENV)
+	$(PYPY_VENV)/bin/python -m pip install -q -r requirements-pypy.txt
+	$(PYPY_VENV)/bin/python -c "import site, sys; open(site.getsitepackages()[0] + '/samepage-src.pth', 'w').write('$(CURDIR)/src\n')"
+	touch $(PYPY_STAMP)
+
+pypy: $(PYPY_STAMP)
+
+bench-pypy: pypy
+	$(PYPY_VENV)/bin/python benchmarks/scan_rate.py
 
 # The fuzzer: the long hypothesis profile, then the bad-input campaign (details in FUZZ_OUT).
 FUZZ_OUT ?= $(or $(TMPDIR),/tmp)/samepage-fuzz.json
@@ -39,5 +59,5 @@ zoo: build
 	$(PY) examples/bugs/run_zoo.py --budget 60
 
 clean:
-	rm -rf $(VENV) build src/samepage/_compiled.json
+	rm -rf $(VENV) $(PYPY_VENV) build src/samepage/_compiled.json
 	find src/samepage -name '*.so' -delete

@@ -21,8 +21,12 @@ a few minutes) on the same number of pages; the ratios model/kernel are printed.
 ``--thp`` also runs the same workload with the region backed by 2 MiB THPs (MADV_HUGEPAGE
 under thp=madvise) and prints both side by side.
 
-``--json`` prints one object: scan1, merge, steady, unique, bytes_per_page (and thp), and,
-when kernel figures were measured with --against-kernel, ``kernel`` and ``ratios``.
+``--json`` prints one object: scan1, merge, steady, unique, bytes_per_page (and thp), the
+interpreter and build, the 11 counters after each phase (``counters``), and, when kernel
+figures were measured with --against-kernel, ``kernel`` and ``ratios``.
+
+Run it on PyPy (``make pypy`` sets up ``.venv-pypy``) to measure the same sources on a
+JIT: ``.venv-pypy/bin/python benchmarks/scan_rate.py`` (``make bench-pypy``).
 
     python benchmarks/scan_rate.py [--pages N] [--steady-scans N] [--thp] [--json]
         [--against-kernel [--kernel-repeats N]] [--no-fast-forward]
@@ -40,7 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from samepage import Machine
+from samepage import BUILD, INTERPRETER, Machine
 
 KERNEL = {"scan1": 1.43e6, "merge": 331e3, "steady": 3.4e6, "unique": 159e3}
 
@@ -69,21 +73,27 @@ def run_workload(n: int, thp: bool, steady_scans: int = 100, fast_forward: bool 
         m.sysfs_write(k, v)
     m.sysfs_write("run", 1)
     res = {}
+    counters = {}          # the 11 counters after each phase: equal on every interpreter
     dt, pages = timed_scans(m, 1)
     res["scan1"] = pages / dt
+    counters["scan1"] = m.counters()
     dt, pages = timed_scans(m, 1)
     res["merge"] = pages / dt
+    counters["merge"] = m.counters()
     assert m.sysfs_read("pages_sharing") + m.sysfs_read("pages_shared") == n, m.counters()
     dt, pages = timed_scans(m, steady_scans)
     res["steady"] = pages / dt
+    counters["steady"] = m.counters()
     p.fill(ram, ((1 << 40) + i for i in range(n)))
     m.run_full_scans(1)            # unmerge on visit, checksums recorded
     dt, pages = timed_scans(m, 2)  # unstable tree of n unique pages, twice
     res["unique"] = pages / dt
+    counters["unique"] = m.counters()
     assert m.sysfs_read("pages_unshared") == n, m.counters()
     res["bytes_per_page"] = (rss_bytes() - base) / n
     if thp:
         res["thp_splits"] = m.mem.vmstat["thp_split_page"]
+    res["counters"] = counters
     return res
 
 
@@ -136,9 +146,12 @@ def main() -> int:
     kt = kf.get("thp")
     ratios = {k: round(res[k] / k0[k], 2) for k in PHASES}
     if args.json:
-        out = {k: round(v, 1) for k, v in res.items()}
+        out = {k: round(v, 1) for k, v in res.items() if k != "counters"}
+        out["interpreter"] = INTERPRETER
+        out["build"] = BUILD
+        out["counters"] = res["counters"]
         if thp is not None:
-            out["thp"] = {k: round(v, 1) for k, v in thp.items()}
+            out["thp"] = {k: round(v, 1) for k, v in thp.items() if k != "counters"}
         if measured is not None:
             out["kernel"] = measured
             out["ratios"] = ratios
@@ -147,8 +160,9 @@ def main() -> int:
         print(json.dumps(out))
         return 0
     src = "measured now" if measured else "benchmarks/kernel_figures.json"
-    print(f"model scan rate, {n} pages, steady over {args.steady_scans} full scans "
-          f"(fast-forward {'on' if ff else 'off'}); pages/s, real ksmd ({src}), ratio")
+    print(f"model scan rate ({INTERPRETER}, {BUILD}), {n} pages, steady over "
+          f"{args.steady_scans} full scans (fast-forward {'on' if ff else 'off'}); pages/s, "
+          f"real ksmd ({src}), ratio")
     for k in PHASES:
         print(f"  {k:7s} {res[k]:>14,.0f}   kernel {k0[k]:>12,.0f}   {res[k] / k0[k]:7.2f}x")
     print(f"  peak memory per simulated page: {res['bytes_per_page']:.0f} bytes")

@@ -96,6 +96,10 @@ for _dirpath, _dirs, _files in _os.walk(_HERE):
 BUILD = ("pure" if _PURE or not _COMPILED else "compiled" if not _STALE
          else "partly compiled (source newer than the build: " + ", ".join(sorted(_STALE)) + ")")
 """``"compiled"`` when the Cython extensions run, ``"pure"`` for the .py sources."""
+INTERPRETER = (f"{_sys.implementation.name} "
+               f"{'.'.join(map(str, _sys.version_info[:3]))}")
+"""``"cpython 3.11.7"``, ``"pypy 3.9.16"``: the same sources run on both (see README,
+"PyPy"); the extensions are CPython's only, so PyPy always runs the .py sources."""
 
 
 class _SourceOrExtensionFinder:

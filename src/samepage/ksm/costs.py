@@ -32,7 +32,10 @@ from __future__ import annotations
 
 import math
 import os
-import tomllib
+try:
+    import tomllib
+except ImportError:  # Python < 3.11 (PyPy 3.9)
+    import tomli as tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any

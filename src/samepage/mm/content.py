@@ -11,11 +11,13 @@ order, because the big-endian encoding preserves it.
 
 from __future__ import annotations
 
+from typing import Union
+
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
 TOKEN_LIMIT = 1 << 64
 
-Content = int | bytes
+Content = Union[int, bytes]
 
 _interned: dict[bytes, bytes] = {}
 _tokens: dict[int, int] = {}          # small working set of tokens, one int object each

@@ -17,10 +17,13 @@ Addresses are byte addresses, as in the kernel.
 from __future__ import annotations
 
 import errno
+import sys
 from array import array
 from bisect import bisect_right, insort
 from operator import attrgetter
 
+if sys.version_info < (3, 10):          # Debian's PyPy 3.9: bisect has no key=
+    from .compat import bisect_right, insort  # noqa: F811
 from .content import PAGE_SHIFT, PAGE_SIZE, Content, make_content
 from .huge import HPAGE_PMD_NR, HPAGE_PMD_ORDER
 from .folio import (PAGE_ANON_EXCLUSIVE, PG_ANON, PG_KSM, PG_LRU, PG_SWAPCACHE, PG_ZERO,

@@ -12,7 +12,10 @@ import difflib
 import os
 import re
 import sys
-import tomllib
+try:
+    import tomllib
+except ImportError:  # Python < 3.11 (PyPy 3.9)
+    import tomli as tomllib
 from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError

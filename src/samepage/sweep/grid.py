@@ -12,7 +12,10 @@ from __future__ import annotations
 import copy
 import itertools
 import re
-import tomllib
+try:
+    import tomllib
+except ImportError:  # Python < 3.11 (PyPy 3.9)
+    import tomli as tomllib
 from dataclasses import dataclass
 from typing import Any
 

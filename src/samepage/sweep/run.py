@@ -10,7 +10,10 @@ import hashlib
 import logging
 import os
 import sys
-import tomllib
+try:
+    import tomllib
+except ImportError:  # Python < 3.11 (PyPy 3.9)
+    import tomli as tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
