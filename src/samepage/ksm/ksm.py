@@ -23,8 +23,8 @@ from __future__ import annotations
 import errno
 
 from samepage.mm.content import PAGE_SHIFT, PAGE_SIZE
-from samepage.mm.folio import (PAGE_ANON_EXCLUSIVE, PG_ANON, PG_DIRTY, PG_FREED, PG_KSM,
-                               PG_SWAPCACHE, ZERO_PFN, KSM_NO_NODE, Memory)
+from samepage.mm.folio import (PAGE_ANON_EXCLUSIVE, PAGE_CSUM_VALID, PG_ANON, PG_DIRTY, PG_FREED,
+                               PG_KSM, PG_SWAPCACHE, ZERO_PFN, KSM_NO_NODE, Memory)
 from samepage.mm.hooks import KsmHooks
 from samepage.mm.mm import (FAULT_FLAG_UNSHARE, MADV_MERGEABLE, MADV_UNMERGEABLE,
                             MMF_VM_MERGE_ANY, MMF_VM_MERGEABLE, PTE_DIRTY, PTE_PMD,
@@ -201,7 +201,14 @@ class Ksm(KsmHooks):
         mem = self.mem
         if mem.page_folio[pfn].order:
             ops[OP_CHECKSUM_LARGE] += 1
-        return calc_checksum_content(mem.page_content[pfn])
+        # the same content, the same xxhash: kept per frame until its content is written
+        flags = mem.page_flags
+        if flags[pfn] & PAGE_CSUM_VALID:
+            return mem.page_csum[pfn]
+        checksum = calc_checksum_content(mem.page_content[pfn])
+        mem.page_csum[pfn] = checksum
+        flags[pfn] |= PAGE_CSUM_VALID
+        return checksum
 
     def set_sanitizer_checks(self, on: bool) -> None:
         """With ``mem.sanitizer`` set: check every content read of the helpers below

@@ -10,6 +10,9 @@ Per-frame state is kept in flat arrays indexed by pfn (struct-of-arrays), so a p
 few bytes plus its folio object: ``page_folio[pfn]`` (like ``compound_head``),
 ``page_content[pfn]``, ``page_flags[pfn]`` (``PageAnonExclusive``) and ``page_index[pfn]``
 (``folio->index`` of an anonymous folio: the linear page index it was faulted at).
+``page_csum[pfn]`` memoises ``calc_checksum``: a checksum is a function of the content, so it
+is kept while the content is (``PAGE_CSUM_VALID`` in ``page_flags``, cleared wherever a
+frame's content is written: ``folio_alloc``, ``set_page_content``).
 ``page_content`` is an ``array('Q')`` of tokens (8 bytes a page instead of a list slot and
 an int object) until a page is given real bytes (``set_page_content``); from then on it is a
 list, which holds both.
@@ -34,6 +37,7 @@ PG_LRU = 128        # on an LRU list (not in a per-CPU add batch)
 
 # per-page flags
 PAGE_ANON_EXCLUSIVE = 1
+PAGE_CSUM_VALID = 2       # page_csum[pfn] is the checksum of the page's present content
 
 ZERO_PFN = 0
 SECTION_SHIFT = 9           # 2 MiB sections: each belongs to one NUMA node
@@ -127,6 +131,7 @@ class Memory:
         self.page_content = array("Q")          # tokens; a list once bytes are stored
         self.page_flags = bytearray()
         self.page_index = array("q")
+        self.page_csum = array("I")             # memo of calc_checksum, see PAGE_CSUM_VALID
         self.section_nid = array("b")
         self._next_pfn = [0] * numa_nodes      # next unused pfn of the node's current section
         self._section_end = [0] * numa_nodes
@@ -165,6 +170,7 @@ class Memory:
             pc.frombytes(bytes(8 * size))
         self.page_flags.extend(bytes(size))
         self.page_index.frombytes(bytes(8 * size))
+        self.page_csum.frombytes(bytes(4 * size))
         self.section_nid.append(nid)
         self._next_pfn[nid] = base
         self._section_end[nid] = base + size
@@ -365,6 +371,7 @@ class Memory:
         if content.__class__ is not int and pc.__class__ is not list:
             pc = self.page_content_objects()
         pc[pfn] = content
+        self.page_flags[pfn] &= ~PAGE_CSUM_VALID
 
     def page_content_objects(self) -> list:
         """Turn ``page_content`` into a list (which can hold bytes); once, at the first
