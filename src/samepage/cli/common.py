@@ -20,6 +20,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
+
+try:
+    import typer._click as click      # typer's own click (typer >= 0.24 vendors it)
+except ImportError:                   # older typer (PyPy 3.9's): the click it depends on
+    import click
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

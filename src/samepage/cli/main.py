@@ -77,7 +77,7 @@ def _quiet_stdout() -> None:
 def usage_error_line(e: Exception) -> str:
     """A click usage error as ``samepage: error: run: missing argument SCENARIO (see
     samepage run --help)``."""
-    import typer._click as click
+    from samepage.cli.common import click
 
     ctx = getattr(e, "ctx", None)
     msg = e.format_message() if isinstance(e, click.ClickException) else str(e)
@@ -98,8 +98,9 @@ class SamepageGroup(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
              **extra):
-        import typer._click as click
-        from typer.exceptions import Abort, Exit
+        from typer import Abort, Exit
+
+        from samepage.cli.common import click
 
         args = sys.argv[1:] if args is None else list(args)
         code = 0
@@ -627,8 +628,8 @@ def explore(
             failinject.FAIL_ALLOC = parse_sites(fail_alloc)
         except ValueError as e:
             error_exit(f"--fail-alloc: {e}")
-        from typer._click.globals import get_current_context
-        get_current_context().call_on_close(lambda: setattr(failinject, "FAIL_ALLOC", ()))
+        from samepage.cli.common import click
+        click.globals.get_current_context().call_on_close(lambda: setattr(failinject, "FAIL_ALLOC", ()))
     sc = load(scenario)
     if sc.timed:
         error_exit(f"{scenario}: explore runs events between batches only; at_ms events and "

@@ -20,7 +20,8 @@ def apply_patch_option(path: str | None) -> None:
     """Apply the patch at ``path`` (if any) for the rest of the current command."""
     if path is None:
         return
-    from typer._click.globals import get_current_context   # typer's own click
+    from samepage.cli.common import click
+    get_current_context = click.globals.get_current_context
 
     from samepage.patch import PatchError, load_patch
 

@@ -1,0 +1,63 @@
+"""``samepage forecast --engine pypy``: the model run on PyPy (samepage.forecast.worker) gives
+the same forecast as on CPython; a missing PyPy is one line and exit status 2."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from samepage.cli.main import app
+from test_forecast import _workers
+
+ROOT = Path(__file__).resolve().parent.parent
+PYPY = Path(os.environ.get("SAMEPAGE_PYPY", ROOT / ".venv-pypy" / "bin" / "python"))
+needs_pypy = pytest.mark.skipif(
+    not PYPY.exists() and os.environ.get("SAMEPAGE_REQUIRE_PYPY") != "1",
+    reason=f"no PyPy environment ({PYPY}; `make pypy`)")
+
+
+def _forecast(runner, *args):
+    return runner.invoke(app, ["forecast", *map(str, args)])
+
+
+@needs_pypy
+def test_pypy_engine_gives_the_cpython_forecast(tmp_path):
+    runner = CliRunner()
+    snap = _workers(tmp_path, n=3, pages=400, distinct=60, volatile=20, samples=3)
+    args = [snap, "--set", "pages_to_scan=300", "--until", "6", "--json"]
+    cp = _forecast(runner, *args)
+    pp = _forecast(runner, *args, "--engine", "pypy")
+    assert cp.exit_code == 0, cp.output
+    assert pp.exit_code == 0, pp.output
+    a, b = json.loads(cp.stdout), json.loads(pp.stdout)
+    assert a == b
+    assert a["final"]["pages_sharing"] > 0 and len(a["scans"]) == 6
+
+
+@needs_pypy
+def test_pypy_engine_report_names_the_interpreter(tmp_path):
+    snap = _workers(tmp_path, n=2, pages=200, distinct=30)
+    r = _forecast(CliRunner(), snap, "--until", "3", "--engine", "pypy")
+    assert r.exit_code == 0, r.output
+    assert "on pypy 3." in r.stdout
+    assert "mergeable pages" in r.stdout
+
+
+def test_missing_pypy_is_one_line_exit_2(tmp_path, monkeypatch):
+    snap = _workers(tmp_path, n=1, pages=50, distinct=10)
+    monkeypatch.setenv("SAMEPAGE_PYPY", str(tmp_path / "no-such-pypy"))
+    r = _forecast(CliRunner(), snap, "--engine", "pypy")
+    assert r.exit_code == 2
+    assert r.stderr.count("\n") == 1 and "SAMEPAGE_PYPY" in r.stderr, r.stderr
+
+
+def test_engine_name_is_checked(tmp_path):
+    snap = _workers(tmp_path, n=1, pages=50, distinct=10)
+    r = _forecast(CliRunner(), snap, "--engine", "jython")
+    assert r.exit_code == 2 and "cpython or pypy" in r.stderr
+    r = _forecast(CliRunner(), snap, "--engine", "pypy", "--recommend")
+    assert r.exit_code == 2 and "--recommend" in r.stderr
