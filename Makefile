@@ -40,6 +40,11 @@ $(PYPY_STAMP): requirements-pypy.txt
 	pypy3 -m venv $(PYPY_VENV)
 	$(PYPY_VENV)/bin/python -m pip install -q -r requirements-pypy.txt
 	$(PYPY_VENV)/bin/python -c "import site, sys; open(site.getsitepackages()[0] + '/samepage-src.pth', 'w').write('$(CURDIR)/src\n')"
+	# bin/python sets a 64 MB nursery unless PYPY_GC_NURSERY is given: with PyPy's default
+	# (half the L2 cache) filling 8 M pages takes 40 s instead of 5 (README, "PyPy")
+	rm -f $(PYPY_VENV)/bin/python
+	printf '#!/bin/sh\n: "$${PYPY_GC_NURSERY:=64MB}"\nexport PYPY_GC_NURSERY\nexec "$$(dirname "$$0")/pypy3" "$$@"\n' > $(PYPY_VENV)/bin/python
+	chmod +x $(PYPY_VENV)/bin/python
 	touch $(PYPY_STAMP)
 
 pypy: $(PYPY_STAMP)

@@ -49,6 +49,7 @@ def run_forecast(request: dict[str, Any], python: Optional[Path] = None) -> dict
     src = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("PYPY_GC_NURSERY", "64MB")    # PyPy's default makes big fills quadratic
     try:
         sys.stderr.fileno()
         err = None                   # inherited: the worker's lines appear as they come
