@@ -59,5 +59,18 @@ def test_engine_name_is_checked(tmp_path):
     snap = _workers(tmp_path, n=1, pages=50, distinct=10)
     r = _forecast(CliRunner(), snap, "--engine", "jython")
     assert r.exit_code == 2 and "cpython or pypy" in r.stderr
-    r = _forecast(CliRunner(), snap, "--engine", "pypy", "--recommend")
-    assert r.exit_code == 2 and "--recommend" in r.stderr
+
+
+@needs_pypy
+@pytest.mark.parametrize("max_cpu", ["5", "0.001"])
+def test_pypy_engine_recommends_what_cpython_does(tmp_path, max_cpu):
+    runner = CliRunner()
+    snap = _workers(tmp_path, n=2, pages=300, distinct=40)
+    args = [snap, "--recommend", "--within", "20s", "--max-cpu", max_cpu]
+    cp = _forecast(runner, *args, "--json")
+    pp = _forecast(runner, *args, "--json", "--engine", "pypy")
+    assert cp.exit_code == pp.exit_code, (cp.output, pp.output)
+    assert json.loads(cp.stdout) == json.loads(pp.stdout)
+    assert len(json.loads(cp.stdout)["tried"]) >= 1
+    text_cp, text_pp = _forecast(runner, *args), _forecast(runner, *args, "--engine", "pypy")
+    assert text_cp.stdout == text_pp.stdout and text_cp.exit_code == text_pp.exit_code

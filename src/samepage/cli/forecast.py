@@ -255,8 +255,6 @@ def forecast(
     u = _until(until)
     if engine not in ("cpython", "pypy"):
         error_exit(f"--engine {engine}: cpython or pypy")
-    if engine == "pypy" and recommend_:
-        error_exit("--engine pypy: not with --recommend (its settings run on CPython)")
     within_ms = _duration_ms(within, "--within") if recommend_ else 0.0
     if recommend_ and not 0 < max_cpu <= 100:
         error_exit(f"--max-cpu {max_cpu:g}: a percentage above 0 and at most 100")
@@ -282,14 +280,20 @@ def forecast(
     con = stdout_console()
     t0 = time.monotonic()
     if engine == "pypy":
-        from samepage.forecast.worker import EngineError, run_forecast
+        from samepage.forecast.worker import EngineError, candidates_from, run_forecast
+        req = {"snapshot": str(snapshot), "tunables": tun, "merge_any": merge_any, "thp": thp,
+               "volatile": not no_volatile, "until": until,
+               "costs": str(costs) if costs is not None else None}
+        if recommend_:
+            req["recommend"] = {"within_ms": within_ms, "max_cpu": max_cpu}
         try:
-            ans = run_forecast({"snapshot": str(snapshot), "tunables": tun,
-                                "merge_any": merge_any, "thp": thp, "volatile": not no_volatile,
-                                "costs": str(costs) if costs is not None else None,
-                                "until": until})
+            ans = run_forecast(req)
         except EngineError as e:
             error_exit(str(e))
+        if recommend_:
+            best, tried = candidates_from(ans["recommend"])
+            _print_recommend(con, best, tried, within_ms, max_cpu, json_out)
+            return
         doc = ans["doc"]
         facts = (ans["processes"], ans["mergeable_pages"], ans["rewrites"], ans["thp_pages"],
                  ans["interpreter"])
@@ -409,8 +413,6 @@ def measure(
     u = _until(until)
     if engine not in ("cpython", "pypy"):
         error_exit(f"--engine {engine}: cpython or pypy")
-    if engine == "pypy" and recommend_:
-        error_exit("--engine pypy: not with --recommend (its settings run on CPython)")
     check_plot(plot)
     cost_model = _load_costs(costs)
     snap = None

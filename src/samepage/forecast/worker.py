@@ -74,22 +74,35 @@ def run_forecast(request: dict[str, Any], python: Optional[Path] = None) -> dict
 def serve(request: dict[str, Any]) -> dict[str, Any]:
     """Build the snapshot's machine and simulate it, as ``samepage forecast`` does in-process.
     ``request``: snapshot (path), tunables (dict), merge_any, thp, volatile (bools), costs
-    (a profile's path or null), until (``converged``, N or a time)."""
+    (a profile's path or null), until (``converged``, N or a time), and for --recommend
+    ``recommend``: {within_ms, max_cpu} (the answer is then ``recommend``: best, tried)."""
     from samepage import INTERPRETER
     from samepage.capture import load_snapshot
     from samepage.ksm.costs import CostProfileError, load_profile
     from samepage.scenario.errors import ScenarioError
 
     from .build import ForecastError, build_machine
+    from .recommend import recommend
     from .run import parse_until, simulate
 
     try:
         snap = load_snapshot(request["snapshot"])
         costs = load_profile(Path(request["costs"])) if request.get("costs") else None
-        built = build_machine(snap, tunables=request.get("tunables") or {},
-                              merge_any_all=bool(request.get("merge_any")),
-                              thp_always=bool(request.get("thp")), costs=costs,
-                              volatile=bool(request.get("volatile", True)))
+
+        def build(tunables: dict):
+            return build_machine(snap, tunables=tunables,
+                                 merge_any_all=bool(request.get("merge_any")),
+                                 thp_always=bool(request.get("thp")), costs=costs,
+                                 volatile=bool(request.get("volatile", True)))
+
+        tunables = request.get("tunables") or {}
+        if request.get("recommend"):
+            rec = request["recommend"]
+            best, tried = recommend(build, rec["within_ms"], rec["max_cpu"], base=tunables)
+            return {"recommend": {"best": tried.index(best) if best is not None else None,
+                                  "tried": [_candidate_row(c) for c in tried]},
+                    "interpreter": INTERPRETER}
+        built = build(tunables)
         res = simulate(built, parse_until(request.get("until") or "converged"))
     except ForecastError as e:
         return {"error": f"{request['snapshot']}: {e}"}
@@ -98,6 +111,28 @@ def serve(request: dict[str, Any]) -> dict[str, Any]:
     return {"doc": res.as_json(), "processes": len(built.processes),
             "mergeable_pages": built.mergeable_pages, "thp_pages": built.thp_pages,
             "rewrites": res.extra.get("rewrites", 0), "interpreter": INTERPRETER}
+
+
+def _candidate_row(c) -> dict[str, Any]:
+    """A --recommend candidate with the result fields its report reads (unrounded)."""
+    r = c.result
+    return {"pages_to_scan": c.pages_to_scan, "sleep_millisecs": c.sleep_millisecs, "ok": c.ok,
+            "why": c.why, "result": {"converged": bool(r.converged),
+                                     "converged_ms": r.converged_ms,
+                                     "converged_full_scans": r.converged_full_scans,
+                                     "cpu_percent": r.cpu_percent,
+                                     "saved_bytes": r.saved_bytes}}
+
+
+def candidates_from(answer: dict[str, Any]) -> tuple[Any, list[Any]]:
+    """``(best, tried)`` of a --recommend answer, as objects with the fields of
+    ``recommend.Candidate`` and its ``Result`` that the report reads."""
+    from types import SimpleNamespace
+
+    tried = [SimpleNamespace(**{**row, "result": SimpleNamespace(**row["result"])})
+             for row in answer["tried"]]
+    best = tried[answer["best"]] if answer["best"] is not None else None
+    return best, tried
 
 
 def main() -> int:
