@@ -74,3 +74,36 @@ def test_pypy_engine_recommends_what_cpython_does(tmp_path, max_cpu):
     assert len(json.loads(cp.stdout)["tried"]) >= 1
     text_cp, text_pp = _forecast(runner, *args), _forecast(runner, *args, "--engine", "pypy")
     assert text_cp.stdout == text_pp.stdout and text_cp.exit_code == text_pp.exit_code
+
+
+def test_progress_line_per_full_scan_and_cleared(tmp_path):
+    import io
+
+    from samepage.capture import load_snapshot
+    from samepage.forecast import build_machine, parse_until, simulate
+    from samepage.forecast.worker import StderrProgress
+
+    buf = io.StringIO()
+    prog = StderrProgress(buf)
+    built = build_machine(load_snapshot(_workers(tmp_path, n=2, pages=100, distinct=20)))
+    simulate(built, parse_until("3"), progress=prog.scan)
+    prog.done()
+    text = buf.getvalue()
+    assert text.count("\r\x1b[K") == 4                 # 3 full scans, then cleared
+    assert "forecast: full scan 3," in text and "pages_sharing" in text
+    assert text.endswith("\r\x1b[K")
+
+
+@needs_pypy
+def test_pypy_worker_shows_progress_when_asked(tmp_path):
+    from samepage.forecast.worker import run_forecast
+
+    snap = _workers(tmp_path, n=2, pages=100, distinct=20)
+    import contextlib
+    import io
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        ans = run_forecast({"snapshot": str(snap), "tunables": {}, "until": "2",
+                            "progress": True}, python=PYPY)
+    assert ans["doc"]["scans"][-1]["full_scans"] == 2
+    assert "forecast: full scan 2," in err.getvalue()

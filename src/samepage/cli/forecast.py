@@ -279,10 +279,12 @@ def forecast(
 
     con = stdout_console()
     t0 = time.monotonic()
+    from samepage.forecast.worker import StderrProgress
+    prog = StderrProgress.on_tty()
     if engine == "pypy":
         from samepage.forecast.worker import EngineError, candidates_from, run_forecast
         req = {"snapshot": str(snapshot), "tunables": tun, "merge_any": merge_any, "thp": thp,
-               "volatile": not no_volatile, "until": until,
+               "volatile": not no_volatile, "until": until, "progress": prog is not None,
                "costs": str(costs) if costs is not None else None}
         if recommend_:
             req["recommend"] = {"within_ms": within_ms, "max_cpu": max_cpu}
@@ -300,13 +302,19 @@ def forecast(
     else:
         try:
             if recommend_:
-                best, tried = recommend(build, within_ms, max_cpu, base=tun)
+                best, tried = recommend(build, within_ms, max_cpu, base=tun,
+                                        on_try=prog.candidate if prog else None)
+                if prog:
+                    prog.done()
                 _print_recommend(con, best, tried, within_ms, max_cpu, json_out)
                 return
             built = build(tun)
-            res = simulate(built, u)
+            res = simulate(built, u, progress=prog.scan if prog else None)
         except ForecastError as e:
             error_exit(f"{snapshot}: {e}")
+        finally:
+            if prog:
+                prog.done()
         doc = res.as_json()
         facts = (len(built.processes), built.mergeable_pages, res.extra.get("rewrites"),
                  built.thp_pages, None)

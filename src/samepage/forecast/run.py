@@ -190,6 +190,12 @@ def scan_record(full_scans: int, t_ms: float, counters: dict[str, Any], cpu_ms: 
     return rec
 
 
+def progress_line(rec: dict[str, Any]) -> str:
+    """One line about a full scan just completed, for a progress display."""
+    return (f"forecast: full scan {rec['full_scans']}, {rec['t_ms'] / 1000:.1f} s simulated, "
+            f"pages_sharing {rec['pages_sharing']:,}, ksmd {rec['ksmd_cpu_ms']:.0f} ms CPU")
+
+
 def simulate(built: Built, until: Until, *, max_scans: int = MAX_SCANS_CONVERGED,
              progress: Callable[[dict], None] | None = None,
              time_limit_ms: float | None = None) -> Result:

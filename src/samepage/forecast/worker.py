@@ -22,6 +22,43 @@ from typing import Any, Optional
 ENV_PYPY = "SAMEPAGE_PYPY"
 
 
+class StderrProgress:
+    """A progress line on stderr, rewritten in place (a terminal only: ``on_tty``); the
+    forecast's full scans and --recommend's candidates, on either interpreter."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.shown = False
+
+    @classmethod
+    def on_tty(cls) -> "Optional[StderrProgress]":
+        try:
+            return cls() if sys.stderr.isatty() else None
+        except (AttributeError, ValueError):
+            return None
+
+    def show(self, line: str) -> None:
+        self.stream.write("\r\x1b[K" + line)
+        self.stream.flush()
+        self.shown = True
+
+    def scan(self, rec: dict[str, Any]) -> None:
+        from .run import progress_line
+        self.show(progress_line(rec))
+
+    def candidate(self, c) -> None:
+        r = c.result
+        verdict = "fits" if c.ok else c.why
+        self.show(f"forecast --recommend: pages_to_scan {c.pages_to_scan}, sleep_millisecs "
+                  f"{c.sleep_millisecs}: {verdict} ({r.converged_full_scans} full scans)")
+
+    def done(self) -> None:
+        if self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.shown = False
+
+
 class EngineError(Exception):
     """The other interpreter is missing or failed: one line for the user."""
 
@@ -74,7 +111,8 @@ def run_forecast(request: dict[str, Any], python: Optional[Path] = None) -> dict
 def serve(request: dict[str, Any]) -> dict[str, Any]:
     """Build the snapshot's machine and simulate it, as ``samepage forecast`` does in-process.
     ``request``: snapshot (path), tunables (dict), merge_any, thp, volatile (bools), costs
-    (a profile's path or null), until (``converged``, N or a time), and for --recommend
+    (a profile's path or null), until (``converged``, N or a time), progress (a progress
+    line on stderr, which the caller's terminal shows), and for --recommend
     ``recommend``: {within_ms, max_cpu} (the answer is then ``recommend``: best, tried)."""
     from samepage import INTERPRETER
     from samepage.capture import load_snapshot
@@ -96,14 +134,21 @@ def serve(request: dict[str, Any]) -> dict[str, Any]:
                                  volatile=bool(request.get("volatile", True)))
 
         tunables = request.get("tunables") or {}
+        prog = StderrProgress() if request.get("progress") else None
         if request.get("recommend"):
             rec = request["recommend"]
-            best, tried = recommend(build, rec["within_ms"], rec["max_cpu"], base=tunables)
+            best, tried = recommend(build, rec["within_ms"], rec["max_cpu"], base=tunables,
+                                    on_try=prog.candidate if prog else None)
+            if prog:
+                prog.done()
             return {"recommend": {"best": tried.index(best) if best is not None else None,
                                   "tried": [_candidate_row(c) for c in tried]},
                     "interpreter": INTERPRETER}
         built = build(tunables)
-        res = simulate(built, parse_until(request.get("until") or "converged"))
+        res = simulate(built, parse_until(request.get("until") or "converged"),
+                       progress=prog.scan if prog else None)
+        if prog:
+            prog.done()
     except ForecastError as e:
         return {"error": f"{request['snapshot']}: {e}"}
     except (ScenarioError, CostProfileError) as e:
