@@ -419,8 +419,6 @@ def measure(
 
     tun = _check_tunables(_parse_sets(set_))
     u = _until(until)
-    if engine not in ("cpython", "pypy"):
-        error_exit(f"--engine {engine}: cpython or pypy")
     check_plot(plot)
     cost_model = _load_costs(costs)
     snap = None
