@@ -275,3 +275,35 @@ def test_ksm_page_left_mapped_after_run2(tmp_path):
     # while run = 2 is still unmerging (its cursor set), the same state is no report
     m.ksm.ksm_scan.mm_slot = m.ksm.mm_list[0]
     m.sanitizer.check_all(m)
+
+
+def test_run2_may_leave_a_ksm_page_where_unmerge_does_not_walk():
+    # A merge_any parent's child turns merging off (its VMAs lose VM_MERGEABLE) while it still
+    # shares the parent's anonymous folios by COW; ksmd then makes one of those folios a KSM
+    # page in place, so the child maps a KSM page in a VMA that run = 2 does not walk. 6.18's
+    # remove_stable_node keeps the node (-EBUSY, no warning): not a report.
+    from samepage.mm.folio import PG_KSM
+
+    m = Machine(sanitize=True)
+    a = m.spawn("a")
+    a.prctl_set_memory_merge(True)
+    r = a.mmap(2, name="ram")
+    a.write(r, range(2), 5)
+    m.sysfs_write("pages_to_scan", 1)
+    m.sysfs_write("run", 1)
+    m.run_batch()                              # a's pages checksummed once
+    c = a.fork("c")
+    c.prctl_set_memory_merge(False)
+    d = a.fork("d")
+    m.run_full_scans(2)
+
+    def ksm_mapped(p):
+        return [i for i, pfn in enumerate(p.region("ram").pte)
+                if pfn >= 0 and m.mem.page_folio[pfn].flags & PG_KSM]
+
+    assert ksm_mapped(a) == [0, 1] and ksm_mapped(c)
+    m.sysfs_write("run", 2)                    # check_all after it: no report
+    assert ksm_mapped(a) == [] and ksm_mapped(d) == []
+    assert ksm_mapped(c)                       # left where unmerge does not walk
+    assert m.counters()["pages_shared"] == 0 and m.counters()["pages_sharing"] == 0
+    assert m.ksm.root_stable_tree[0].rb_node is not None     # the busy node is kept

@@ -33,8 +33,11 @@ that did it, where the folio was freed (if it was) and the last steps that led t
 * ``null-dereference``: engine code dereferenced None (a None VMA, a missing folio):
   the AttributeError becomes a report naming the innermost model function;
 * ``ksm-page-after-unmerge``: ``run = 2`` finished (``unmerge_and_remove_all_rmap_items``
-  returned 0) yet a live mm still maps a KSM page (what remove_stable_node's
-  ``WARN_ON_ONCE(folio_mapped(folio))`` says "shouldn't occur").
+  returned 0) yet a KSM page is still mapped where it walks: a VM_MERGEABLE VMA with an
+  anon_vma of a live mm on KSM's list.  Elsewhere a KSM page may legitimately survive (a
+  forked child that cleared PR_SET_MEMORY_MERGE before ksmd turned a folio it still shares
+  with its parent into a KSM page in place): 6.18's remove_stable_node then keeps the node
+  (-EBUSY, without the WARN it had until 2019), as the model does.
 
 Freed frames go into a quarantine (``QUARANTINE`` frames, FIFO, as KASAN's) before the
 allocator may reuse them, so that a late access to a freed pfn is still reported against
@@ -53,7 +56,7 @@ from samepage.ksm.structs import STABLE_FLAG, STABLE_NODE_CHAIN, UNSTABLE_FLAG
 from samepage.mm.folio import PG_FREED, PG_KSM, PG_ZERO, SECTION_SHIFT, ZERO_PFN
 from samepage.mm.hooks import SanitizerHooks
 from samepage.mm.huge import HPAGE_PMD_NR
-from samepage.mm.mm import PTE_DIRTY, PTE_PMD, PTE_SPECIAL, PTE_WRITE
+from samepage.mm.mm import PTE_DIRTY, PTE_PMD, PTE_SPECIAL, PTE_WRITE, VM_MERGEABLE
 
 KINDS = ("use-after-free", "put-on-zero-refcount", "refcount-below-mapcount",
          "unlock-unlocked", "mapcount-mismatch", "ksm-page-writable", "counters-inconsistent",
@@ -344,11 +347,15 @@ class Sanitizer(SanitizerHooks):
         ksm = machine.ksm
         # run = 2 done (its cursor is back to NULL): every live mm was unmerged
         unmerged = ksm.ksm_run == KSM_RUN_UNMERGE and ksm.ksm_scan.mm_slot is None
+        on_list = {id(slot.mm) for slot in ksm.mm_list}
         for mm in mms:
             mm_zero = 0
-            check_unmerged = unmerged and mm.mm_users > 0
+            walked = unmerged and mm.mm_users > 0 and id(mm) in on_list
             for vma in mm.vmas:
                 pte, ptef = vma.pte, vma.ptef
+                # what unmerge_and_remove_all_rmap_items walked (the others keep KSM pages)
+                check_unmerged = (walked and vma.flags & VM_MERGEABLE
+                                  and vma.anon_vma is not None)
                 for i in range(len(pte)):
                     pfn = pte[i]
                     if pfn < 0:
