@@ -107,3 +107,16 @@ def test_pypy_worker_shows_progress_when_asked(tmp_path):
                             "progress": True}, python=PYPY)
     assert ans["doc"]["scans"][-1]["full_scans"] == 2
     assert "forecast: full scan 2," in err.getvalue()
+
+
+def test_a_slow_cpython_forecast_suggests_pypy(tmp_path, monkeypatch):
+    import samepage.cli.forecast as cli_forecast
+
+    snap = _workers(tmp_path, n=1, pages=50, distinct=10)
+    r = _forecast(CliRunner(), snap, "--until", "2")
+    assert r.exit_code == 0 and "--engine pypy" not in r.stdout
+    monkeypatch.setattr(cli_forecast, "SLOW_FORECAST_S", 0.0)
+    r = _forecast(CliRunner(), snap, "--until", "2")
+    assert r.exit_code == 0 and "--engine pypy runs the same model" in r.stdout
+    r = _forecast(CliRunner(), snap, "--until", "2", "--json")
+    assert "--engine pypy" not in r.stdout            # the JSON stays one object

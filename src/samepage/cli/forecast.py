@@ -25,6 +25,9 @@ from .common import CliError, check_plot, error_exit, markup_safe, printable, re
 MIB = 1024 * 1024
 
 
+SLOW_FORECAST_S = 20.0      # wall seconds after which a CPython forecast suggests --engine pypy
+
+
 def _parse_sets(sets: list[str] | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for s in sets or []:
@@ -350,6 +353,11 @@ def forecast(
             "ksmd CPU priced by the shipped cost profile (fitted on the reference machine); "
             "for this host's figure: samepage kernel calibrate -o host.toml, then --costs "
             "host.toml"), style="dim", soft_wrap=True)
+    if engine == "cpython" and wall >= SLOW_FORECAST_S:
+        # a large host: the same sources run several times faster on PyPy (README, "PyPy")
+        con.print("  " + markup_safe(
+            f"this took {wall:.0f} s on CPython; --engine pypy runs the same model several "
+            "times faster (make pypy sets it up)"), style="dim", soft_wrap=True)
     if plot is not None:
         con.print(f"  plot: {markup_safe(plot)}")
     if html_out is not None:
