@@ -81,7 +81,7 @@ def test_progress_line_per_full_scan_and_cleared(tmp_path):
 
     from samepage.capture import load_snapshot
     from samepage.forecast import build_machine, parse_until, simulate
-    from samepage.forecast.worker import StderrProgress
+    from samepage.forecast.run import StderrProgress
 
     buf = io.StringIO()
     prog = StderrProgress(buf)

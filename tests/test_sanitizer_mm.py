@@ -283,19 +283,9 @@ def test_run2_may_leave_a_ksm_page_where_unmerge_does_not_walk():
     # page in place, so the child maps a KSM page in a VMA that run = 2 does not walk. 6.18's
     # remove_stable_node keeps the node (-EBUSY, no warning): not a report.
     from samepage.mm.folio import PG_KSM
+    from test_unmerge_busy import child_opted_out
 
-    m = Machine(sanitize=True)
-    a = m.spawn("a")
-    a.prctl_set_memory_merge(True)
-    r = a.mmap(2, name="ram")
-    a.write(r, range(2), 5)
-    m.sysfs_write("pages_to_scan", 1)
-    m.sysfs_write("run", 1)
-    m.run_batch()                              # a's pages checksummed once
-    c = a.fork("c")
-    c.prctl_set_memory_merge(False)
-    d = a.fork("d")
-    m.run_full_scans(2)
+    m, a, c, d = child_opted_out(sanitize=True)
 
     def ksm_mapped(p):
         return [i for i, pfn in enumerate(p.region("ram").pte)

@@ -59,19 +59,26 @@ def _write(name: str, value: int) -> int:
         return e.errno
 
 
-def test_model_keeps_the_busy_node_and_refuses_max_page_sharing():
-    m = Machine()
+def child_opted_out(sanitize: bool = False):
+    """The model side of PARENT, merged: (machine, parent, child that turned merging off,
+    child that kept it); the parent's two pages are KSM pages, one of them shared with c."""
+    m = Machine(sanitize=sanitize)
     a = m.spawn("a")
     a.prctl_set_memory_merge(True)
     r = a.mmap(2, name="ram")
     a.write(r, range(2), 5)
     m.sysfs_write("pages_to_scan", 1)
     m.sysfs_write("run", 1)
-    m.run_batch()
+    m.run_batch()                              # a's pages checksummed once
     c = a.fork("c")
     c.prctl_set_memory_merge(False)
-    a.fork("d")
+    d = a.fork("d")
     m.run_full_scans(2)
+    return m, a, c, d
+
+
+def test_model_keeps_the_busy_node_and_refuses_max_page_sharing():
+    m, _, c, _ = child_opted_out()
     m.sysfs_write("run", 2)
     assert m.counters()["pages_shared"] == 0
     with pytest.raises(OSError) as e:

@@ -345,7 +345,7 @@ class Sanitizer(SanitizerHooks):
         seen: dict[int, object] = {}
         zero_ptes = 0
         ksm = machine.ksm
-        # run = 2 done (its cursor is back to NULL): every live mm was unmerged
+        # run = 2 done (its cursor is back to NULL): every mm on KSM's list was unmerged
         unmerged = ksm.ksm_run == KSM_RUN_UNMERGE and ksm.ksm_scan.mm_slot is None
         on_list = {id(slot.mm) for slot in ksm.mm_list}
         for mm in mms:

@@ -282,7 +282,7 @@ def forecast(
 
     con = stdout_console()
     t0 = time.monotonic()
-    from samepage.forecast.worker import StderrProgress
+    from samepage.forecast.run import StderrProgress
     prog = StderrProgress.on_tty()
     if engine == "pypy":
         from samepage.forecast.worker import EngineError, candidates_from, run_forecast

@@ -629,7 +629,8 @@ def explore(
         except ValueError as e:
             error_exit(f"--fail-alloc: {e}")
         from samepage.cli.common import click
-        click.globals.get_current_context().call_on_close(lambda: setattr(failinject, "FAIL_ALLOC", ()))
+        click.globals.get_current_context().call_on_close(
+            lambda: setattr(failinject, "FAIL_ALLOC", ()))
     sc = load(scenario)
     if sc.timed:
         error_exit(f"{scenario}: explore runs events between batches only; at_ms events and "

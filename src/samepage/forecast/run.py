@@ -10,6 +10,7 @@ same on the live kernel (samepage.kernel.measure), so the two compare key by key
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -190,10 +191,44 @@ def scan_record(full_scans: int, t_ms: float, counters: dict[str, Any], cpu_ms: 
     return rec
 
 
-def progress_line(rec: dict[str, Any]) -> str:
-    """One line about a full scan just completed, for a progress display."""
-    return (f"forecast: full scan {rec['full_scans']}, {rec['t_ms'] / 1000:.1f} s simulated, "
-            f"pages_sharing {rec['pages_sharing']:,}, ksmd {rec['ksmd_cpu_ms']:.0f} ms CPU")
+class StderrProgress:
+    """A progress line on stderr, rewritten in place (a terminal only: ``on_tty``); the
+    forecast's full scans and --recommend's candidates, on either interpreter."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.shown = False
+
+    @classmethod
+    def on_tty(cls) -> "StderrProgress | None":
+        try:
+            return cls() if sys.stderr.isatty() else None
+        except (AttributeError, ValueError):
+            return None
+
+    def show(self, line: str) -> None:
+        self.stream.write("\r\x1b[K" + line)
+        self.stream.flush()
+        self.shown = True
+
+    def scan(self, rec: dict[str, Any]) -> None:
+        """``simulate``'s progress callback: one line per full scan."""
+        self.show(f"forecast: full scan {rec['full_scans']}, {rec['t_ms'] / 1000:.1f} s "
+                  f"simulated, pages_sharing {rec['pages_sharing']:,}, ksmd "
+                  f"{rec['ksmd_cpu_ms']:.0f} ms CPU")
+
+    def candidate(self, c) -> None:
+        """``recommend``'s ``on_try``: one line per candidate."""
+        r = c.result
+        verdict = "fits" if c.ok else c.why
+        self.show(f"forecast --recommend: pages_to_scan {c.pages_to_scan}, sleep_millisecs "
+                  f"{c.sleep_millisecs}: {verdict} ({r.converged_full_scans} full scans)")
+
+    def done(self) -> None:
+        if self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.shown = False
 
 
 def simulate(built: Built, until: Until, *, max_scans: int = MAX_SCANS_CONVERGED,

@@ -20,43 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 ENV_PYPY = "SAMEPAGE_PYPY"
-
-
-class StderrProgress:
-    """A progress line on stderr, rewritten in place (a terminal only: ``on_tty``); the
-    forecast's full scans and --recommend's candidates, on either interpreter."""
-
-    def __init__(self, stream=None):
-        self.stream = stream or sys.stderr
-        self.shown = False
-
-    @classmethod
-    def on_tty(cls) -> "Optional[StderrProgress]":
-        try:
-            return cls() if sys.stderr.isatty() else None
-        except (AttributeError, ValueError):
-            return None
-
-    def show(self, line: str) -> None:
-        self.stream.write("\r\x1b[K" + line)
-        self.stream.flush()
-        self.shown = True
-
-    def scan(self, rec: dict[str, Any]) -> None:
-        from .run import progress_line
-        self.show(progress_line(rec))
-
-    def candidate(self, c) -> None:
-        r = c.result
-        verdict = "fits" if c.ok else c.why
-        self.show(f"forecast --recommend: pages_to_scan {c.pages_to_scan}, sleep_millisecs "
-                  f"{c.sleep_millisecs}: {verdict} ({r.converged_full_scans} full scans)")
-
-    def done(self) -> None:
-        if self.shown:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-            self.shown = False
+SRC = Path(__file__).resolve().parents[2]      # src/ of these sources, the worker's path
 
 
 class EngineError(Exception):
@@ -71,8 +35,7 @@ def find_pypy() -> Path:
         if not p.exists():
             raise EngineError(f"--engine pypy: ${ENV_PYPY} = {env}: no such file")
         return p
-    src = Path(__file__).resolve().parents[2]          # src/ of these sources
-    p = src.parent / ".venv-pypy" / "bin" / "python"
+    p = SRC.parent / ".venv-pypy" / "bin" / "python"
     if not p.exists():
         raise EngineError(f"--engine pypy: no PyPy environment ({p}): run `make pypy` in the "
                           f"checkout, or set ${ENV_PYPY} to a PyPy interpreter")
@@ -83,9 +46,8 @@ def run_forecast(request: dict[str, Any], python: Optional[Path] = None) -> dict
     """Run ``request`` (see ``serve``) on ``python`` (default: ``find_pypy()``); its answer.
     The worker's stderr (progress, warnings) passes through to ours."""
     python = python or find_pypy()
-    src = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
-    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = str(SRC) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("PYPY_GC_NURSERY", "64MB")    # PyPy's default makes big fills quadratic
     try:
         sys.stderr.fileno()
@@ -121,7 +83,7 @@ def serve(request: dict[str, Any]) -> dict[str, Any]:
 
     from .build import ForecastError, build_machine
     from .recommend import recommend
-    from .run import parse_until, simulate
+    from .run import StderrProgress, parse_until, simulate
 
     try:
         snap = load_snapshot(request["snapshot"])

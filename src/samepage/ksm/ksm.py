@@ -35,12 +35,11 @@ from samepage.mm.mm import (FAULT_FLAG_UNSHARE, MADV_MERGEABLE, MADV_UNMERGEABLE
 from .checksum import ZERO_CHECKSUM, calc_checksum_content
 from .costs import CostModel, resolve_costs
 from .opcounts import (OP_BATCH, OP_CHAIN_DUP, OP_CHECKSUM, OP_CHECKSUM_LARGE, OP_COW_BREAK,
-                       OP_MEMCMP_EQUAL,
-                       OP_MEMCMP_MERGE, OP_MEMCMP_STABLE, OP_MEMCMP_UNSTABLE, OP_MERGE_KSM,
-                       OP_MERGE_ONE, OP_MERGE_PAIR, OP_MERGE_ZERO, OP_NO_PAGE, OP_RMAP_ALLOC,
-                       OP_VISIT_PMD, OP_RMAP_FREE,
-                       OP_SCAN_START, OP_SKIP, OP_SPLIT, OP_STABLE_NODE_FREE,
-                       OP_STABLE_NODE_NEW, OP_UNSTABLE_INSERT, OP_VISIT, new_counts)
+                       OP_MEMCMP_EQUAL, OP_MEMCMP_MERGE, OP_MEMCMP_STABLE, OP_MEMCMP_UNSTABLE,
+                       OP_MERGE_KSM, OP_MERGE_ONE, OP_MERGE_PAIR, OP_MERGE_ZERO, OP_NO_PAGE,
+                       OP_RMAP_ALLOC, OP_RMAP_FREE, OP_SCAN_START, OP_SKIP, OP_SPLIT,
+                       OP_STABLE_NODE_FREE, OP_STABLE_NODE_NEW, OP_UNSTABLE_INSERT, OP_VISIT,
+                       OP_VISIT_PMD, new_counts)
 from .rbtree import (RbRoot, rb_erase, rb_insert_color, rb_link_node, rb_replace_node)
 from .structs import (MIGRATE_NODES, PAGE_MASK, RMAP_ITEM_SIZE, SEQNR_MASK, STABLE_FLAG,
                       STABLE_NODE_CHAIN, STABLE_NODE_DUP_HEAD, UNSTABLE_FLAG, KsmScan,
