@@ -8,7 +8,8 @@ merge (the merging scan) and 8 steady scans (everything merged; the first done f
 others replayed by the fast-forward unless ``--no-fast-forward``).
 
 Prints the wall time of each phase (fill, scan1, merge, steady), the peak RSS growth of the
-process over the run (``ru_maxrss`` after minus before), bytes per simulated page, and
+process over the run (``ru_maxrss`` after minus before), bytes per simulated page (also at
+the end of each phase: where the memory goes), and
 whether the goals are met: peak RSS growth <= 2 GiB, total wall time <= 180 s, <= 128 bytes
 per page, and the wall time spent in the cyclic garbage collector.  A progress line goes to
 stderr.  ``--json`` prints one object instead.
@@ -123,6 +124,7 @@ def run(n: int, pages_to_scan: int, fast_forward: bool, progress: Progress) -> d
     base = peak_rss()
     base_cur = current_rss()
     phases: dict[str, float] = {}
+    phase_bpp: dict[str, float] = {}     # peak RSS growth per page at the end of each phase
     t_all = time.perf_counter()
 
     t = time.perf_counter()
@@ -143,6 +145,7 @@ def run(n: int, pages_to_scan: int, fast_forward: bool, progress: Progress) -> d
         m.sysfs_write(k, v)
     m.sysfs_write("run", 1)
     phases["fill"] = time.perf_counter() - t
+    phase_bpp["fill"] = round((peak_rss() - base) / n, 1)
     progress(f"fill: done, {n:,} pages", final=True)
 
     for label, k, chunked in (("scan1", 1, True), ("merge", 1, True),
@@ -150,6 +153,7 @@ def run(n: int, pages_to_scan: int, fast_forward: bool, progress: Progress) -> d
         t = time.perf_counter()
         scan(m, k, progress, label, chunked)
         phases[label] = time.perf_counter() - t
+        phase_bpp[label] = round((peak_rss() - base) / n, 1)
     wall = time.perf_counter() - t_all
     gct.close()
 
@@ -173,6 +177,7 @@ def run(n: int, pages_to_scan: int, fast_forward: bool, progress: Progress) -> d
         "peak_rss_growth": growth,
         "rss_growth_now": current_rss() - base_cur,
         "bytes_per_page": round(growth / n, 1),
+        "bytes_per_page_by_phase": phase_bpp,
     }
     res["goals"] = {
         "rss_le_2GiB": growth <= GOAL_RSS,
@@ -216,7 +221,8 @@ def main() -> int:
           f"pages_to_scan {args.pages_to_scan}, {res['interpreter']} {res['build']}, "
           f"fast-forward {'on' if res['fast_forward'] else 'off'}")
     for k, v in res["phases_s"].items():
-        print(f"  {k:7s} {v:9.2f} s")
+        print(f"  {k:7s} {v:9.2f} s   peak RSS growth after it: "
+              f"{res['bytes_per_page_by_phase'][k]:6.1f} bytes a page")
     print(f"  total   {res['wall_s']:9.2f} s        goal <= {GOAL_WALL:.0f} s: "
           f"{ok(g['wall_le_180s'])}")
     if res["interpreter"].startswith("pypy"):

@@ -21,6 +21,11 @@ def test_host_scale_json(tmp_path):
     assert set(out["phases_s"]) == {"fill", "scan1", "merge", "steady"}
     assert out["wall_s"] >= sum(out["phases_s"].values()) - 0.05
     assert out["bytes_per_page"] == round(out["peak_rss_growth"] / 4096, 1)
+    by_phase = out["bytes_per_page_by_phase"]
+    assert list(by_phase) == ["fill", "scan1", "merge", "steady"]
+    # a high-water mark: never falls, and ends at the run's figure
+    assert all(a <= b for a, b in zip(list(by_phase.values()), list(by_phase.values())[1:]))
+    assert by_phase["steady"] == out["bytes_per_page"]
     goals = out["goals"]
     assert goals["bytes_per_page_le_128"] == (out["bytes_per_page"] <= 128)
     assert goals["wall_le_180s"] is True and goals["rss_le_2GiB"] is True
