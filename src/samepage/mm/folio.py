@@ -441,27 +441,38 @@ class Memory:
                 yield pf[pfn]
 
     # -- references ---------------------------------------------------------------------
+    # These read the arrays directly when the handle is live (its generation is the
+    # frame's; a live folio never has PG_FREED): the properties cost a call each on CPython.
+    # A stale handle takes the property path, which reads it as the freed folio it is.
     def folio_get(self, folio: Folio) -> None:
-        if folio.flags & PG_FREED or folio.refcount <= 0:
-            if self.sanitizer is not None:
-                self.sanitizer.folio_misuse("use-after-free", folio, "folio_get")
-            raise MemoryError_(f"folio_get on a freed folio {folio!r}")
-        folio.refcount += 1
+        pfn = folio.pfn
+        ref = self.folio_refcount
+        if self.folio_gen[pfn] == folio.gen and ref[pfn] > 0:
+            ref[pfn] += 1
+            return
+        if self.sanitizer is not None:
+            self.sanitizer.folio_misuse("use-after-free", folio, "folio_get")
+        raise MemoryError_(f"folio_get on a freed folio {folio!r}")
 
     def folio_try_get(self, folio: Folio) -> bool:
         """Take a reference unless the folio is being freed (refcount already 0)."""
-        if folio.refcount <= 0 or folio.flags & PG_FREED:
+        pfn = folio.pfn
+        ref = self.folio_refcount
+        if self.folio_gen[pfn] != folio.gen or ref[pfn] <= 0:
             return False
-        folio.refcount += 1
+        ref[pfn] += 1
         return True
 
     def folio_put(self, folio: Folio) -> None:
-        if folio.flags & PG_FREED or folio.refcount <= 0:
+        pfn = folio.pfn
+        ref = self.folio_refcount
+        if self.folio_gen[pfn] != folio.gen or ref[pfn] <= 0:
             if self.sanitizer is not None:
                 self.sanitizer.folio_misuse("put-on-zero-refcount", folio, "folio_put")
             raise MemoryError_(f"folio_put on a freed folio {folio!r}")
-        folio.refcount -= 1
-        if folio.refcount == 0:
+        n = ref[pfn] - 1
+        ref[pfn] = n
+        if n == 0:
             self._free_folio(folio)
 
     def folio_put_refs(self, folio: Folio, n: int) -> None:
@@ -470,6 +481,13 @@ class Memory:
 
     # -- the folio lock -----------------------------------------------------------------
     def folio_trylock(self, folio: Folio) -> bool:
+        pfn = folio.pfn
+        if self.folio_gen[pfn] == folio.gen:
+            flags = self.folio_flags
+            if flags[pfn] & PG_LOCKED:
+                return False
+            flags[pfn] |= PG_LOCKED
+            return True
         if folio.flags & PG_LOCKED:
             return False
         folio.flags |= PG_LOCKED
@@ -482,6 +500,12 @@ class Memory:
         folio.flags |= PG_LOCKED
 
     def folio_unlock(self, folio: Folio) -> None:
+        pfn = folio.pfn
+        if self.folio_gen[pfn] == folio.gen:
+            flags = self.folio_flags
+            if flags[pfn] & PG_LOCKED:
+                flags[pfn] &= ~PG_LOCKED
+                return
         if not folio.flags & PG_LOCKED:
             if self.sanitizer is not None:
                 self.sanitizer.folio_misuse(
