@@ -301,12 +301,12 @@ def check_invariants(machine, *, held_refs: dict | None = None, held_locks=()) -
             _check(it_id in live_ids, "the live unstable tree holds a freed item")
 
     # ---------------------------------------------------------------- page tables, folios
-    held = {id(f): n for f, n in (held_refs or {}).items()}
-    locked_ok = {id(f) for f in (held_locks or ())}
-    ptes: Counter = Counter()           # folio id -> number of mappings (a PMD counts once)
-    pmds: Counter = Counter()           # folio id -> number of PMD mappings
-    page_ptes: Counter = Counter()      # (folio id, subpage) -> PTE (not PMD) mappings
-    folios: dict[int, object] = {}
+    held = {f: n for f, n in (held_refs or {}).items()}
+    locked_ok = {f for f in (held_locks or ())}
+    ptes: Counter = Counter()           # folio -> number of mappings (a PMD counts once)
+    pmds: Counter = Counter()           # folio -> number of PMD mappings
+    page_ptes: Counter = Counter()      # (folio, subpage) -> PTE (not PMD) mappings
+    folios: dict = {}                   # folio handle -> itself
     ksm_zero_total = 0
     for mm in mms:
         zero = 0
@@ -339,7 +339,7 @@ def check_invariants(machine, *, held_refs: dict | None = None, held_locks=()) -
                 _check(not folio.flags & PG_FREED, f"{vma!r}[{i}] maps freed {folio!r}")
                 _check(folio.pfn <= pfn < folio.pfn + folio.nr_pages,
                        f"{vma!r}[{i}]: pfn {pfn} outside its {folio!r}")
-                folios[id(folio)] = folio
+                folios[folio] = folio
                 if folio.flags & PG_ANON:
                     anon += 1                       # RSS counts pages, PMD-mapped or not
                     if not folio.flags & PG_KSM:
@@ -367,12 +367,12 @@ def check_invariants(machine, *, held_refs: dict | None = None, held_locks=()) -
                                f"{mm!r} {vma!r}[{i}]: the 512 entries of a PMD mapping differ")
                         _check((vpn0 + i) >> HPAGE_PMD_ORDER not in mm.pte_tables,
                                f"{mm!r} {vma!r}[{i}]: PMD mapping where a PTE table exists")
-                        ptes[id(folio)] += 1
-                        pmds[id(folio)] += 1
+                        ptes[folio] += 1
+                        pmds[folio] += 1
                 else:
-                    ptes[id(folio)] += 1
+                    ptes[folio] += 1
                     if folio.order:
-                        page_ptes[(id(folio), pfn - folio.pfn)] += 1
+                        page_ptes[(folio, pfn - folio.pfn)] += 1
                     _check((vpn0 + i) >> HPAGE_PMD_ORDER in mm.pte_tables,
                            f"{mm!r} {vma!r}[{i}]: PTE in a block without a PTE table")
                 if folio.flags & PG_KSM:
@@ -387,9 +387,9 @@ def check_invariants(machine, *, held_refs: dict | None = None, held_locks=()) -
     s = sum(mm.ksm_zero_pages for mm in mms)
     _check(ksm.ksm_zero_pages == s, f"ksm_zero_pages {ksm.ksm_zero_pages} != Σ mm {s}")
 
-    lru = Counter(id(f) for f in mem.lru_batch)
+    lru = Counter(mem.lru_batch)
     for f in mem.lru_batch:
-        folios[id(f)] = f
+        folios[f] = f
     for pfn, folio in enumerate(mem.page_folio):
         if folio is None or pfn == ZERO_PFN:
             continue
@@ -399,10 +399,10 @@ def check_invariants(machine, *, held_refs: dict | None = None, held_locks=()) -
         _check(folio.pfn <= pfn < folio.pfn + folio.nr_pages,
                f"pfn {pfn}: page_folio is {folio!r}, which does not contain it")
         if folio.pfn == pfn:
-            folios[id(folio)] = folio
+            folios[folio] = folio
     for fid, folio in folios.items():
         _check(not folio.flags & PG_FREED, f"{folio!r} is freed but still referenced")
-        _check(all(mem.page_folio[p] is folio
+        _check(all(mem.page_folio[p] == folio
                    for p in range(folio.pfn, folio.pfn + folio.nr_pages)),
                f"{folio!r}: page_folio disagrees")
         _check(folio.mapcount == ptes[fid],

@@ -627,7 +627,7 @@ def test_mm_mthp_64k_gives_order4_pte_mapped_folios():
     assert m.vmstat["mthp_64kB_fault_alloc"] == 1
     assert p.mm.anon_rss == 16
     p.write(vma, 17, 6)
-    assert folio_at(m, vma, 17).order == 4 and folio_at(m, vma, 17) is not folio
+    assert folio_at(m, vma, 17).order == 4 and folio_at(m, vma, 17) != folio
     p.write(vma, 35, 6)                              # 32..47 is not inside the VMA
     assert folio_at(m, vma, 35).order == 0
     check_invariants(m)
@@ -693,7 +693,7 @@ def test_mm_zapping_a_whole_pmd_thp_clears_the_pmd_and_the_next_fault_maps_a_new
     check_invariants(m)
     p.write(vma, 7, 2)
     new = assert_pmd_mapped(m, vma)
-    assert new is not old and m.vmstat["thp_fault_alloc"] == 2
+    assert new != old and m.vmstat["thp_fault_alloc"] == 2
     check_invariants(m)
 
 
@@ -723,8 +723,8 @@ def test_mm_child_write_to_a_forked_thp_splits_the_pmd_there_and_copies_one_page
     cvma = c.region("r")
     c.write(cvma, 7, 99)
     new = folio_at(m, cvma, 7)
-    assert new is not folio and new.order == 0
-    assert new.refcount == 1 + sum(1 for f in m.mem.lru_batch if f is new)
+    assert new != folio and new.order == 0
+    assert new.refcount == 1 + sum(1 for f in m.mem.lru_batch if f == new)
     assert cvma.ptef[7] & PTE_WRITE
     for i in range(512):
         if i != 7:
@@ -755,7 +755,7 @@ def test_mm_write_to_an_unshared_thp_after_the_child_exits_reuses_the_pmd():
     c.exit()
     assert folio.refcount == folio.mapcount == 1
     p.write(vma, 5, 1)
-    assert assert_pmd_mapped(m, vma, writable=True) is folio
+    assert assert_pmd_mapped(m, vma, writable=True) == folio
     assert all(m.mem.page_flags[folio.pfn + k] & PAGE_ANON_EXCLUSIVE for k in range(512))
     check_invariants(m)
 
@@ -842,13 +842,13 @@ def test_mm_split_huge_page_reference_rule():
     mem.folio_get(folio)                             # somebody else's
     assert mem.split_huge_page(page) == -errno.EAGAIN
     assert m.vmstat["thp_split_page_failed"] == 2 and m.vmstat["thp_split_page"] == 0
-    assert all(mem.page_folio[folio.pfn + k] is folio for k in range(512))
+    assert all(mem.page_folio[folio.pfn + k] == folio for k in range(512))
     check_invariants(m, held_refs={folio: 2}, held_locks=[folio])
     mem.folio_put(folio)
     assert mem.split_huge_page(page) == 0
     assert m.vmstat["thp_split_page"] == 1
     assert folio.flags & PG_FREED
-    assert all(mem.page_folio[folio.pfn + k] is not folio for k in range(512))
+    assert all(mem.page_folio[folio.pfn + k] != folio for k in range(512))
     mine = mem.page_folio[page]
     assert mine.order == 0 and mine.pfn == page
     assert mine.refcount == 2 and mine.mapcount == 1     # mapping + the caller's reference
@@ -856,7 +856,7 @@ def test_mm_split_huge_page_reference_rule():
     for k in range(512):
         f = mem.page_folio[folio.pfn + k]
         assert f.order == 0 and vma.pte[k] == f.pfn and not vma.ptef[k] & PTE_PMD
-        if f is not mine:
+        if f != mine:
             assert f.refcount == f.mapcount == 1 and not f.flags & PG_LOCKED
     check_invariants(m, held_refs={mine: 1}, held_locks=[mine])
     mem.folio_unlock(mine)

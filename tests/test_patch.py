@@ -178,7 +178,7 @@ STRATEGY_PATCH = """
         if found is None:
             return
         tree_item, tree_page = found
-        same = mem.page_folio[page] is mem.page_folio[tree_page]
+        same = mem.page_folio[page] == mem.page_folio[tree_page]
         if same:
             mem.folio_put(mem.page_folio[tree_page])
             ksm.preempt("use-without-ref:after-put")

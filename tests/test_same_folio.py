@@ -136,7 +136,7 @@ def test_split_retry_gives_up_when_the_split_fails():
     scan(m, 3)
     assert m.sysfs_read("pages_shared") == 0
     assert m.ksm.merge_failures["cmp_and_merge_page: same-folio split_huge_page failed"] > 0
-    assert m.mem.page_folio[vma.pte[0]] is thp
+    assert m.mem.page_folio[vma.pte[0]] == thp
     thp.pincount -= 1
     m.mem.folio_put(thp)
     check_invariants(m)
@@ -153,7 +153,7 @@ def test_early_put_first_merge_fails_in_write_protect_page_without_a_tree_page_r
     m.sysfs_write("run", 1)
     scan(m)
     scanned_pfn = vma.pte[2]
-    assert m.mem.page_folio[scanned_pfn] is thp
+    assert m.mem.page_folio[scanned_pfn] == thp
     assert m.run_batch().pages == 3                  # scan 2, pages 0, 1 and 2
     check_invariants(m)
     # step 1 split the folio with ksmd's one remaining reference (which moved to page 2)

@@ -23,7 +23,7 @@ def unstable_tree_merge(ksm, item, page):
     tree_item, tree_page = found
     folio = mem.page_folio[page]
     tree_folio = mem.page_folio[tree_page]
-    same_folio = folio is tree_folio
+    same_folio = folio == tree_folio
     if same_folio:
         mem.folio_put(tree_folio)            # drop "one of both" references early
         if ksm.preempt is not None:

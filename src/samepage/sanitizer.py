@@ -53,7 +53,7 @@ from collections import Counter, deque
 from samepage.ksm.ksm import KSM_RUN_UNMERGE
 from samepage.ksm.rbtree import rb_inorder
 from samepage.ksm.structs import STABLE_FLAG, STABLE_NODE_CHAIN, UNSTABLE_FLAG
-from samepage.mm.folio import PG_FREED, PG_KSM, PG_ZERO, SECTION_SHIFT, ZERO_PFN
+from samepage.mm.folio import PG_FREED, PG_KSM, PG_ZERO, SECTION_SHIFT, ZERO_PFN, Folio
 from samepage.mm.hooks import SanitizerHooks
 from samepage.mm.huge import HPAGE_PMD_NR
 from samepage.mm.mm import PTE_DIRTY, PTE_PMD, PTE_SPECIAL, PTE_WRITE, VM_MERGEABLE
@@ -140,7 +140,8 @@ class Sanitizer(SanitizerHooks):
         self.step_no = 0
         self.actor = "-"
         self.record_folio_ops = record_folio_ops
-        self._freed: dict[int, tuple] = {}             # id(folio) -> (folio, function, step)
+        # a folio handle (or id() of an mm or a VMA) -> (it, function, step)
+        self._freed: dict = {}
         self._depth = 0
         self.quarantine: deque = deque()               # (node, [pfn]) held back, oldest first
         self.quarantined = 0
@@ -199,7 +200,7 @@ class Sanitizer(SanitizerHooks):
         freed = self._freed
         if len(freed) >= FREED_KEPT:
             del freed[next(iter(freed))]
-        freed[id(folio)] = (folio, fn, self.step_no)
+        freed[folio] = (folio, fn, self.step_no)
         if pfn_reusable:
             mf = self.mem.freed
             for p in range(folio.pfn, folio.pfn + folio.nr_pages):
@@ -225,9 +226,14 @@ class Sanitizer(SanitizerHooks):
             mem.nr_free_frames += len(old)
             self.quarantined -= len(old)
 
-    def freed_at(self, folio) -> str | None:
-        rec = self._freed.get(id(folio))
-        if rec is None or rec[0] is not folio:
+    def freed_at(self, obj) -> str | None:
+        if isinstance(obj, Folio):
+            rec = self._freed.get(obj)          # a handle: equal for the same folio
+        else:
+            rec = self._freed.get(id(obj))
+            if rec is not None and rec[0] is not obj:
+                rec = None
+        if rec is None:
             return None
         return f"{rec[1]}, step {rec[2]}"
 
@@ -340,7 +346,7 @@ class Sanitizer(SanitizerHooks):
                                   where, self.freed_at(folio) if folio is not None else None,
                                   self.formatted_steps(), detail)
 
-        maps: Counter = Counter()       # id(folio) -> PTE mappings + PMD mappings
+        maps: Counter = Counter()       # head pfn -> PTE mappings + PMD mappings
         pmd_entries: Counter = Counter()
         seen: dict[int, object] = {}
         zero_ptes = 0
@@ -371,7 +377,7 @@ class Sanitizer(SanitizerHooks):
                         fail("use-after-free", gone if gone is not None else f"pfn {pfn}",
                              f"{mm.name} {vma.name or hex(vma.start)}[{i}] maps pfn {pfn}, "
                              "which has been freed")
-                    fid = id(folio)
+                    fid = folio.pfn             # a live folio: its head pfn is unique
                     seen[fid] = folio
                     if f & PTE_PMD:
                         pmd_entries[fid] += 1
@@ -391,9 +397,9 @@ class Sanitizer(SanitizerHooks):
             zero_ptes += mm_zero
         for fid, n in pmd_entries.items():
             maps[fid] += n // HPAGE_PMD_NR
-        for pfn, folio in enumerate(pf):
-            if folio is not None and folio.pfn == pfn and not folio.flags & PG_ZERO:
-                seen[id(folio)] = folio
+        for folio in mem.iter_folios():
+            if not folio.flags & PG_ZERO:
+                seen[folio.pfn] = folio
         for fid, folio in seen.items():
             if folio.mapcount != maps[fid]:
                 fail("mapcount-mismatch", folio,

@@ -32,7 +32,7 @@ def unstable_merge_v618(ksm, item, page: int) -> None:
     kfolio = ksm.try_to_merge_two_pages(item, page, tree_item, tree_page)
     folio = mem.page_folio[page]
     tree_folio = mem.page_folio[tree_page]
-    split = folio.order > 0 and folio is tree_folio
+    split = folio.order > 0 and folio == tree_folio
     mem.folio_put(tree_folio)
     if ksm.preempt is not None:
         ksm.preempt("v6.18:after-put")
@@ -67,7 +67,7 @@ def unstable_merge_early_put(ksm, item, page: int) -> None:
     tree_item, tree_page = found
     folio = mem.page_folio[page]
     tree_folio = mem.page_folio[tree_page]
-    same_folio = folio is tree_folio
+    same_folio = folio == tree_folio
     if same_folio:
         mem.folio_put(tree_folio)            # drop "one of both" references early
         if ksm.preempt is not None:
@@ -95,7 +95,7 @@ def unstable_merge_split_retry(ksm, item, page: int) -> None:
         tree_item, tree_page = found
         folio = mem.page_folio[page]
         tree_folio = mem.page_folio[tree_page]
-        if folio is not tree_folio:
+        if folio != tree_folio:
             break
         mem.folio_put(tree_folio)
         if ksm.preempt is not None:

@@ -116,41 +116,38 @@ def split_huge_page(mem, page: int) -> int:
         return -errno.EAGAIN
     maps = folio_mappings(mm_mod, folio, mem)
     head = folio.pfn
+    order = folio.order
     # __split_huge_pmd for every PMD mapping, then one new order-0 folio per page
     flags = (folio.flags & (PG_ANON | PG_DIRTY)) | PG_LRU
     anon_vma = folio.mapping
-    new = []
-    for k in range(nr):
-        f = Folio(head + k)
-        f.refcount = 0
-        f.flags = flags
-        f.mapping = anon_vma
-        new.append(f)
-    base_index = mem.page_index[head]
+    refs = [0] * nr
+    mapped = [0] * nr
     for vma, i in maps:
         pfn = vma.pte[i]
         if vma.ptef[i] & mm_mod.PTE_PMD:
             vma.ptef[i] &= ~mm_mod.PTE_PMD
             vma.mm.pte_tables.add((vma.start >> PAGE_SHIFT) + i >> HPAGE_PMD_ORDER)
-        f = new[pfn - head]
-        f.mapcount += 1
-        f.refcount += 1
-    mine = new[page - head]
-    mine.refcount += 1                     # the caller's reference moves to its page
-    mine.flags |= PG_LOCKED
-    pf = mem.page_folio
-    for k, f in enumerate(new):
-        pf[head + k] = f
+        mapped[pfn - head] += 1
+        refs[pfn - head] += 1
+    refs[page - head] += 1                 # the caller's reference moves to its page
+    base_index = mem.page_index[head]
+    # the large folio no longer exists: its handles read PG_FREED from here on
+    mem._free_frames(head, order)
+    new = []
+    for k in range(nr):
+        f = mem._folio_init(head + k, 0)
+        f.refcount = refs[k]
+        f.mapcount = mapped[k]
+        f.flags = flags | (PG_LOCKED if k == page - head else 0)
+        f.mapping = anon_vma
+        new.append(f)
         mem.page_index[head + k] = base_index + k
-    folio.flags = PG_FREED                 # the large folio no longer exists
-    folio.refcount = 0
-    folio.mapcount = 0
     if mem.sanitizer is not None:
         mem.sanitizer.folio_freed(folio, pfn_reusable=False)
     for f in new:
         if f.refcount == 0:                # a page nobody maps any more goes back now
             mem._free_folio(f)
-    _count_split(mem, folio.order, failed=False)
+    _count_split(mem, order, failed=False)
     if mem.thp.split_zero_remap:
         _remap_zero_subpages(mem, mm_mod, maps, new, head)
     return 0

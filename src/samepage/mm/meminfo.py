@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .folio import ZERO_PFN, LargeFolio, Memory
+from .folio import FOLIO_NONE, ZERO_PFN, LargeFolio, Memory
 from .mm import MM
 
 PAGE_KB = 4
@@ -33,8 +33,8 @@ class HostMemory:
 
 def used_frames(mem: Memory) -> int:
     """Frames the scenario's processes hold (every allocated frame but the zero page)."""
-    pf = mem.page_folio
-    return len(pf) - pf.count(None) - (1 if pf and pf[ZERO_PFN] is not None else 0)
+    fo = mem.folio_order
+    return len(fo) - fo.count(FOLIO_NONE) - (1 if fo and fo[ZERO_PFN] != FOLIO_NONE else 0)
 
 
 def watermarks_kb(total_kb: int) -> tuple[int, int, int]:
