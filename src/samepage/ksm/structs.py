@@ -80,7 +80,7 @@ unstable tree, whose root is only reset when the next scan starts, as in the ker
         self.free_row = NO_ROW
 
     def __len__(self) -> int:
-        """Rows ever allocated (live and free)."""
+        """Rows in the columns (live and free)."""
         return len(self.address)
 
     def alloc(self, mm, address: int) -> int:
@@ -101,20 +101,31 @@ unstable tree, whose root is only reset when the next scan starts, as in the ker
             self.rb_right[row] = NO_ROW
             self.rb_red[row] = 0
             return row
-        row = len(self.address)
-        self.mm.append(mm)
-        self.address.append(address)
-        self.oldchecksum.append(0)
-        self.age.append(0)
-        self.remaining_skips.append(0)
-        self.anon_vma.append(None)
-        self.nid.append(0)
-        self.head.append(None)
-        self.rb_parent.append(NO_ROW)
-        self.rb_left.append(NO_ROW)
-        self.rb_right.append(NO_ROW)
-        self.rb_red.append(0)
-        return row
+        self.grow()
+        return self.alloc(mm, address)
+
+    def grow(self) -> None:
+        """Add rows to every column at once, by doubling, and put them on the free list.
+        Growing a column element by element (12.5% at a time) reallocates it ~100 times
+        per million rows, and on PyPy the old buffers (copied, not realloc'd) stay as
+        fragments of the C heap: +70% of peak RSS."""
+        old = len(self.address)
+        n = max(1024, old)
+        self.mm.extend([None] * n)
+        self.address.frombytes(bytes(8 * n))
+        # the free list, through oldchecksum: row old -> old + 1 -> ... -> end
+        self.oldchecksum.extend(range(old + 2, old + n + 1))
+        self.oldchecksum.append(self.free_row + 1)
+        self.age.frombytes(bytes(n))
+        self.remaining_skips.frombytes(bytes(n))
+        self.anon_vma.extend([None] * n)
+        self.nid.frombytes(bytes(2 * n))
+        self.head.extend([None] * n)
+        self.rb_parent.extend(array("i", [NO_ROW]) * n)
+        self.rb_left.extend(array("i", [NO_ROW]) * n)
+        self.rb_right.extend(array("i", [NO_ROW]) * n)
+        self.rb_red.frombytes(bytes(n))
+        self.free_row = old
 
     def free(self, row: int) -> None:
         """Give ``row`` back (``kmem_cache_free``); its references are dropped."""
