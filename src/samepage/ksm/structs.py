@@ -390,9 +390,10 @@ class MmSlot:
 
     __slots__ = ("mm", "rmap_list")
 
-    def __init__(self, mm, table: RmapTable):
+    def __init__(self, mm, table: RmapTable | None = None):
         self.mm = mm
-        self.rmap_list = RmapList(table)
+        # rows of the Ksm's table (``MmSlot(mm)``, as a patch may write it, finds it)
+        self.rmap_list = RmapList(mm.mem.ksm.rmap_table if table is None else table)
 
     def __repr__(self) -> str:
         return f"<mm_slot {self.mm.name} items={len(self.rmap_list)}>"
