@@ -13,6 +13,10 @@ the C: ``ksm_do_scan``, ``scan_get_next_rmap_item``, ``get_next_rmap_item``,
 ``ksm_enable_merge_any``/``ksm_disable_merge_any``, ``unmerge_and_remove_all_rmap_items``,
 ``remove_all_stable_nodes`` and the sysfs stores (in ``samepage.ksm.sysfs``).
 
+rmap_items are rows of ``Ksm.rmap_table`` (``alloc_rmap_item`` / ``free_rmap_item``) and an
+``RmapItem`` is a transient handle on one, compared with ``==`` (samepage.ksm.structs: one
+rmap_item per mergeable page must cost bytes, not a Python object; issue 10).
+
 A page is named by its pfn; ``mem.page_folio[pfn]`` is ``page_folio(page)``.  Locks that
 only serialise concurrent kernel threads are not modelled (the model is sequential), but the
 folio lock, references and every check that depends on them are.
