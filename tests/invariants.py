@@ -159,7 +159,7 @@ def check_invariants(machine, *, held_refs: dict | None = None, held_locks=()) -
                 _check(isinstance(it.head, StableNode), f"STABLE {it!r} has head {it.head!r}")
                 _check(it.anon_vma is not None, f"STABLE {it!r} holds no anon_vma")
                 _check(not it.head.freed, f"STABLE {it!r} points at a freed node")
-                _check(sum(1 for x in it.head.hlist if x is it) == 1,
+                _check(sum(1 for x in it.head.hlist if x == it) == 1,
                        f"STABLE {it!r} is not on its node's hlist exactly once")
             # (a non-STABLE item's head is meaningless: in the kernel it shares a union with
             # the rb node, and remove_node_from_stable_tree() leaves it dangling)
@@ -270,14 +270,14 @@ def check_invariants(machine, *, held_refs: dict | None = None, held_locks=()) -
 
     # ---------------------------------------------------------------- unstable tree
     between_scans = scan.mm_slot is None
-    live_ids = {id(it) for it in all_items}
-    in_tree: dict[int, int] = {}
+    live_ids = set(all_items)
+    in_tree: dict = {}
     for nid, root in enumerate(ksm.root_unstable_tree):
         rb_validate(root)
         for it in rb_inorder(root):
-            _check(id(it) not in in_tree, f"{it!r} in the unstable trees twice")
-            in_tree[id(it)] = nid
-            if id(it) in live_ids:
+            _check(it not in in_tree, f"{it!r} in the unstable trees twice")
+            in_tree[it] = nid
+            if it in live_ids:
                 _check(bool(it.address & UNSTABLE_FLAG),
                        f"{it!r} in unstable tree {nid} without UNSTABLE_FLAG")
                 _check(it.nid == nid, f"{it!r} in unstable tree {nid}, nid says {it.nid}")
@@ -290,12 +290,12 @@ def check_invariants(machine, *, held_refs: dict | None = None, held_locks=()) -
         if between_scans:
             # seqnr was incremented at the end of the scan that built the (old) tree
             _check(age == 1, f"between scans: UNSTABLE {it!r} has age {age}")
-            _check(id(it) in in_tree, f"between scans: UNSTABLE {it!r} not in the old tree")
+            _check(it in in_tree, f"between scans: UNSTABLE {it!r} not in the old tree")
         elif age == 0:
-            _check(in_tree.get(id(it)) == it.nid,
+            _check(in_tree.get(it) == it.nid,
                    f"UNSTABLE {it!r} of the current scan is not in unstable tree {it.nid}")
         else:
-            _check(id(it) not in in_tree, f"previous-scan {it!r} in the live unstable tree")
+            _check(it not in in_tree, f"previous-scan {it!r} in the live unstable tree")
     if not between_scans:
         for it_id in in_tree:
             _check(it_id in live_ids, "the live unstable tree holds a freed item")

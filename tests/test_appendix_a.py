@@ -144,7 +144,7 @@ def test_appendix_a_scan_1_resets_the_unstable_tree(ex):
     m = ex.m
     # nothing was inserted in scan 0; in scan 1 a1 and a2 enter a fresh tree
     run_scan1_page_by_page(ex)
-    assert m.ksm.root_unstable_tree[0].rb_node is ex.item("a2")
+    assert m.ksm.root_unstable_tree[0].rb_node == ex.item("a2")
     # scan 2 starts with a new, empty tree: a2's UNSTABLE(1) flag is cleaned lazily
     assert ex.one_page() == 1                      # a1 (A1 return)
     assert m.ksm.root_unstable_tree[0].rb_node is None
@@ -183,7 +183,7 @@ def test_appendix_a_scan_2_page_by_page(ex):
     assert ex.one_page() == 1
     assert ex.state("a2") == "U(2)"
     assert ex.row() == (1, 1, 1, 0, 2)
-    assert ex.m.ksm.root_unstable_tree[0].rb_node is ex.item("a2")
+    assert ex.m.ksm.root_unstable_tree[0].rb_node == ex.item("a2")
     # scan 2, b1: A1 return
     assert ex.one_page() == 1
     assert ex.row() == (1, 1, 1, 0, 2)

@@ -33,10 +33,14 @@ SCENARIOS = sorted((Path(__file__).parent / "conformance" / "scenarios").glob("*
 def digest(m: Machine) -> dict:
     """The whole state, by names rather than object identities."""
     k = m.ksm                                # materialises a replay stopped mid-scan
-    names: dict[int, tuple] = {}
+    names: dict = {}                         # by id(node) or (for rmap_item handles) row
+
+    def key(x):
+        return ("row", x.row) if isinstance(x, RmapItem) else id(x)
+
     for slot in k.mm_list:
         for it in slot.rmap_list:
-            names[id(it)] = ("item", slot.mm.name, it.address & PAGE_MASK)
+            names[key(it)] = ("item", slot.mm.name, it.address & PAGE_MASK)
     stable = []
     for nid, root in enumerate(k.root_stable_tree):
         for n in rb_inorder(root):
@@ -51,7 +55,7 @@ def digest(m: Machine) -> dict:
         if x is None or isinstance(x, (int, str)):
             return x
         if isinstance(x, (RmapItem, StableNode)):
-            return names.get(id(x), ("unnamed", type(x).__name__))
+            return names.get(key(x), ("unnamed", type(x).__name__))
         return type(x).__name__
 
     def links(n):

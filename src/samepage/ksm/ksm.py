@@ -13,6 +13,10 @@ the C: ``ksm_do_scan``, ``scan_get_next_rmap_item``, ``get_next_rmap_item``,
 ``ksm_enable_merge_any``/``ksm_disable_merge_any``, ``unmerge_and_remove_all_rmap_items``,
 ``remove_all_stable_nodes`` and the sysfs stores (in ``samepage.ksm.sysfs``).
 
+rmap_items are rows of ``Ksm.rmap_table`` (``alloc_rmap_item`` / ``free_rmap_item``) and an
+``RmapItem`` is a transient handle on one, compared with ``==`` (samepage.ksm.structs: one
+rmap_item per mergeable page must cost bytes, not a Python object; issue 10).
+
 A page is named by its pfn; ``mem.page_folio[pfn]`` is ``page_folio(page)``.  Locks that
 only serialise concurrent kernel threads are not modelled (the model is sequential), but the
 folio lock, references and every check that depends on them are.
@@ -43,7 +47,7 @@ from .opcounts import (OP_BATCH, OP_CHAIN_DUP, OP_CHECKSUM, OP_CHECKSUM_LARGE, O
 from .rbtree import (RbRoot, rb_erase, rb_insert_color, rb_link_node, rb_replace_node)
 from .structs import (MIGRATE_NODES, PAGE_MASK, RMAP_ITEM_SIZE, SEQNR_MASK, STABLE_FLAG,
                       STABLE_NODE_CHAIN, STABLE_NODE_DUP_HEAD, UNSTABLE_FLAG, KsmScan,
-                      MmSlot, RmapItem, StableNode)
+                      MmSlot, RmapItem, RmapList, RmapTable, StableNode)
 
 KSM_RUN_STOP = 0
 KSM_RUN_MERGE = 1
@@ -107,6 +111,8 @@ class Ksm(KsmHooks):
         self.ksm_stable_node_dups = 0
         self.ksm_pages_skipped = 0
         self.ksm_zero_pages = 0
+        # rmap_items are rows of this table, an RmapItem a handle on one (memory per page)
+        self.rmap_table = RmapTable()
         # trees, lists, cursor
         self.root_stable_tree = [RbRoot()]
         self.root_unstable_tree = [RbRoot()]
@@ -238,7 +244,7 @@ class Ksm(KsmHooks):
     # ------------------------------------------------------------------------------------
     # mm slots
     def __ksm_enter(self, mm: MM) -> int:
-        slot = MmSlot(mm)
+        slot = MmSlot(mm, self.rmap_table)
         was_empty = not self.mm_list
         self.mm_slots_hash[id(mm)] = slot
         if self.ksm_run & KSM_RUN_UNMERGE or self.ksm_scan.mm_slot is None:
@@ -484,7 +490,7 @@ class Ksm(KsmHooks):
             self.ksm_pages_sharing -= n - 1
             self.ksm_pages_shared -= 1
         node.rmap_hlist_len -= n
-        node.hlist = []
+        del node.hlist[:]
         if node.head is MIGRATE_NODES:
             self.migrate_nodes.remove(node)
         else:
@@ -670,7 +676,7 @@ class Ksm(KsmHooks):
             self.ff_dirty = True
             return None                                  # alloc_stable_node failed
         self.ops[OP_STABLE_NODE_NEW] += 1
-        new = StableNode(kpfn, nid)
+        new = StableNode(kpfn, nid, RmapList(self.rmap_table))
         if not need_chain:
             rb_link_node(new, parent, is_left, root)
             rb_insert_color(new, root)
@@ -728,11 +734,18 @@ class Ksm(KsmHooks):
             self.ksm_pages_unshared -= 1
             item.address = address & PAGE_MASK
 
+    def alloc_rmap_item(self, mm: MM, address: int) -> RmapItem:
+        """A zeroed rmap_item for (mm, address): a row of ``rmap_table``."""
+        return RmapItem(self.rmap_table, self.rmap_table.alloc(mm, address))
+
     def free_rmap_item(self, item: RmapItem) -> None:
         self.ops[OP_RMAP_FREE] += 1
         self.ksm_rmap_items -= 1
         item.mm.ksm_rmap_items -= 1
         item.mm = None
+        if item == self.ff_reinsert:         # its row may be reused: forget the handle
+            self.ff_reinsert = None
+        self.rmap_table.free(item.row)
 
     def remove_trailing_rmap_items(self, slot: MmSlot, index: int) -> None:
         items = slot.rmap_list
@@ -899,7 +912,7 @@ class Ksm(KsmHooks):
         if fs is not None and fs.should_fail("rmap_item"):
             self.ff_dirty = True
             return None                          # alloc_rmap_item: -ENOMEM
-        item = RmapItem(slot.mm, addr)
+        item = self.alloc_rmap_item(slot.mm, addr)
         slot.mm.ksm_rmap_items += 1
         self.ksm_rmap_items += 1
         self.ops[OP_RMAP_ALLOC] += 1
@@ -1183,7 +1196,7 @@ class Ksm(KsmHooks):
                 if self.preempt is not None:
                     self.preempt("unstable_search:after-found")
                 return cur, tree_page
-        if self.ff_reinsert is item:         # back where it was in the last scan's tree
+        if item == self.ff_reinsert:         # back where it was in the last scan's tree
             self.ff_reinserted += 1
             self.ff_reinsert = None
         else:

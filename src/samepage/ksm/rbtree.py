@@ -35,7 +35,11 @@ packed word is mirrored by the corresponding store(s) of the two attributes,
 including the "redundant" ones, so intermediate states match too.
 
 Nodes are caller objects (the KSM engine's rmap items and stable nodes) that
-subclass :class:`RbNode`; the tree never allocates.  Like the kernel,
+subclass :class:`RbNode` or, like the engine's rmap_items, are handles whose
+link attributes read and write rows of a table (samepage.ksm.structs); the
+tree never allocates.  Two handles of one node are equal but not identical,
+so nodes are compared with ``==`` / ``!=`` (``is`` only against None and
+:data:`RB_EMPTY`).  Like the kernel,
 ``rb_erase`` and ``rb_replace_node`` leave the removed node's own link
 fields untouched (stale); callers that need to know whether a node is linked
 must use :func:`rb_clear_node` / :func:`rb_empty_node`, exactly as in C.
@@ -192,7 +196,7 @@ def rb_insert_color(node, root: RbRoot) -> None:
         # parent is red, hence not the root: the grandparent exists.
         gparent = parent.rb_parent
         tmp = gparent.rb_right
-        if parent is not tmp:
+        if parent != tmp:
             # parent hangs on the left of gparent; tmp is the uncle.
             if tmp is not None and tmp.rb_red:
                 tmp.rb_parent = gparent
@@ -205,7 +209,7 @@ def rb_insert_color(node, root: RbRoot) -> None:
                 continue
 
             tmp = parent.rb_right
-            if node is tmp:
+            if node == tmp:
                 # inner grandchild: rotate left around parent first
                 tmp = node.rb_left
                 parent.rb_right = tmp
@@ -231,7 +235,7 @@ def rb_insert_color(node, root: RbRoot) -> None:
             gparent.rb_red = True
             if top is None:
                 root.rb_node = parent
-            elif top.rb_left is gparent:
+            elif top.rb_left == gparent:
                 top.rb_left = parent
             else:
                 top.rb_right = parent
@@ -250,7 +254,7 @@ def rb_insert_color(node, root: RbRoot) -> None:
                 continue
 
             tmp = parent.rb_left
-            if node is tmp:
+            if node == tmp:
                 tmp = node.rb_right
                 parent.rb_left = tmp
                 node.rb_right = parent
@@ -274,7 +278,7 @@ def rb_insert_color(node, root: RbRoot) -> None:
             gparent.rb_red = True
             if top is None:
                 root.rb_node = parent
-            elif top.rb_left is gparent:
+            elif top.rb_left == gparent:
                 top.rb_left = parent
             else:
                 top.rb_right = parent
@@ -304,7 +308,7 @@ def _rb_erase_color(parent, root: RbRoot) -> None:
     node = None
     while True:
         sibling = parent.rb_right
-        if node is not sibling:
+        if node != sibling:
             # node is the left child (None on the first pass only if the
             # removed leaf was on the left; the sibling is then non-None).
             if sibling.rb_red:
@@ -320,7 +324,7 @@ def _rb_erase_color(parent, root: RbRoot) -> None:
                 parent.rb_red = True
                 if top is None:
                     root.rb_node = sibling
-                elif top.rb_left is parent:
+                elif top.rb_left == parent:
                     top.rb_left = sibling
                 else:
                     top.rb_right = sibling
@@ -364,7 +368,7 @@ def _rb_erase_color(parent, root: RbRoot) -> None:
             parent.rb_red = False
             if top is None:
                 root.rb_node = sibling
-            elif top.rb_left is parent:
+            elif top.rb_left == parent:
                 top.rb_left = sibling
             else:
                 top.rb_right = sibling
@@ -385,7 +389,7 @@ def _rb_erase_color(parent, root: RbRoot) -> None:
                 parent.rb_red = True
                 if top is None:
                     root.rb_node = sibling
-                elif top.rb_left is parent:
+                elif top.rb_left == parent:
                     top.rb_left = sibling
                 else:
                     top.rb_right = sibling
@@ -427,7 +431,7 @@ def _rb_erase_color(parent, root: RbRoot) -> None:
             parent.rb_red = False
             if top is None:
                 root.rb_node = sibling
-            elif top.rb_left is parent:
+            elif top.rb_left == parent:
                 top.rb_left = sibling
             else:
                 top.rb_right = sibling
@@ -459,7 +463,7 @@ def rb_erase(node, root: RbRoot) -> None:
         parent = node.rb_parent
         if parent is None:
             root.rb_node = child
-        elif parent.rb_left is node:
+        elif parent.rb_left == node:
             parent.rb_left = child
         else:
             parent.rb_right = child
@@ -476,7 +480,7 @@ def rb_erase(node, root: RbRoot) -> None:
         tmp.rb_red = node.rb_red
         if parent is None:
             root.rb_node = tmp
-        elif parent.rb_left is node:
+        elif parent.rb_left == node:
             parent.rb_left = tmp
         else:
             parent.rb_right = tmp
@@ -508,7 +512,7 @@ def rb_erase(node, root: RbRoot) -> None:
         top = node.rb_parent
         if top is None:
             root.rb_node = successor
-        elif top.rb_left is node:
+        elif top.rb_left == node:
             top.rb_left = successor
         else:
             top.rb_right = successor
@@ -536,7 +540,7 @@ def rb_replace_node(victim, new, root: RbRoot) -> None:
     parent = victim.rb_parent
     if parent is None:
         root.rb_node = new
-    elif parent.rb_left is victim:
+    elif parent.rb_left == victim:
         parent.rb_left = new
     else:
         parent.rb_right = new
@@ -587,7 +591,7 @@ def rb_next(node):
             n = n.rb_left
         return n
     parent = node.rb_parent
-    while parent is not None and node is parent.rb_right:
+    while parent is not None and node == parent.rb_right:
         node = parent
         parent = node.rb_parent
     return parent
@@ -603,7 +607,7 @@ def rb_prev(node):
             n = n.rb_right
         return n
     parent = node.rb_parent
-    while parent is not None and node is parent.rb_left:
+    while parent is not None and node == parent.rb_left:
         node = parent
         parent = node.rb_parent
     return parent
@@ -640,15 +644,15 @@ def rb_validate(root: RbRoot, key: Callable[[Any], Any] | None = None) -> None:
     if top.rb_red:
         raise AssertionError(f"root {top!r} is red")
 
-    seen: set[int] = set()
+    seen: set = set()   # nodes (handles hash and compare by row)
     black_height = -1
     # Iterative pre-order walk; each entry is (node, blacks above and including it).
     stack = [(top, 1)]
     while stack:
         n, blacks = stack.pop()
-        if id(n) in seen:
+        if n in seen:
             raise AssertionError(f"node {n!r} reached twice (cycle or shared subtree)")
-        seen.add(id(n))
+        seen.add(n)
         red = n.rb_red
         if red is not True and red is not False:
             raise AssertionError(f"node {n!r} has non-bool colour {red!r}")
@@ -661,7 +665,7 @@ def rb_validate(root: RbRoot, key: Callable[[Any], Any] | None = None) -> None:
                         f"black height {blacks} below {n!r} differs from {black_height}"
                     )
                 continue
-            if c.rb_parent is not n:
+            if c.rb_parent != n:
                 raise AssertionError(f"child {c!r} of {n!r} has parent {c.rb_parent!r}")
             if red and c.rb_red:
                 raise AssertionError(f"red node {n!r} has red child {c!r}")
