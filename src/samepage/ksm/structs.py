@@ -35,6 +35,12 @@ NO_ROW = -1                  # NULL
 EMPTY_ROW = -2               # RB_EMPTY (RB_CLEAR_NODE)
 HEAD_ROW = -3                # rb_parent's union holds ``head``: see the ``head`` column
 
+# Object-valued columns are lists of CHUNK rows each: one list for all rows would be copied
+# whenever it grows, and on PyPy the copies stay in the heap until a major collection.
+CHUNK_SHIFT = 10
+CHUNK = 1 << CHUNK_SHIFT
+CHUNK_MASK = CHUNK - 1
+
 
 class _Marker:
     __slots__ = ("name",)
@@ -53,7 +59,8 @@ STABLE_NODE_DUP_HEAD = _Marker("STABLE_NODE_DUP_HEAD")
 class RmapTable:
     """The rmap_items of one Ksm: one column per field of ``struct ksm_rmap_item``.
 
-    Object-valued fields are lists (``mm``, ``anon_vma``, ``head``), the others arrays.
+    Object-valued fields (``mm``, ``anon_vma``, ``head``) are lists of ``CHUNK``-row lists
+    (``mm[row >> CHUNK_SHIFT][row & CHUNK_MASK]``), the others arrays.
     The kernel's unions are kept observable: ``head`` shares its word with ``rb_parent``
     (``rb_parent[row] == HEAD_ROW`` says the ``head`` column holds it), and writing ``nid``
     drops ``anon_vma``.  Freed rows form a list threaded through ``oldchecksum`` (next row
@@ -88,14 +95,16 @@ unstable tree, whose root is only reset when the next scan starts, as in the ker
         row = self.free_row
         if row >= 0:
             self.free_row = self.oldchecksum[row] - 1
-            self.mm[row] = mm
+            c = row >> CHUNK_SHIFT
+            i = row & CHUNK_MASK
+            self.mm[c][i] = mm
             self.address[row] = address
             self.oldchecksum[row] = 0
             self.age[row] = 0
             self.remaining_skips[row] = 0
-            self.anon_vma[row] = None
+            self.anon_vma[c][i] = None
             self.nid[row] = 0
-            self.head[row] = None
+            self.head[c][i] = None
             self.rb_parent[row] = NO_ROW
             self.rb_left[row] = NO_ROW
             self.rb_right[row] = NO_ROW
@@ -110,17 +119,18 @@ unstable tree, whose root is only reset when the next scan starts, as in the ker
         per million rows, and on PyPy the old buffers (copied, not realloc'd) stay as
         fragments of the C heap: +70% of peak RSS."""
         old = len(self.address)
-        n = max(1024, old)
-        self.mm.extend([None] * n)
+        n = max(CHUNK, old)              # a multiple of CHUNK
+        chunks = n >> CHUNK_SHIFT
+        self.mm.extend([[None] * CHUNK for _ in range(chunks)])
         self.address.frombytes(bytes(8 * n))
         # the free list, through oldchecksum: row old -> old + 1 -> ... -> end
         self.oldchecksum.extend(range(old + 2, old + n + 1))
         self.oldchecksum.append(self.free_row + 1)
         self.age.frombytes(bytes(n))
         self.remaining_skips.frombytes(bytes(n))
-        self.anon_vma.extend([None] * n)
+        self.anon_vma.extend([[None] * CHUNK for _ in range(chunks)])
         self.nid.frombytes(bytes(2 * n))
-        self.head.extend([None] * n)
+        self.head.extend([[None] * CHUNK for _ in range(chunks)])
         self.rb_parent.extend(array("i", [NO_ROW]) * n)
         self.rb_left.extend(array("i", [NO_ROW]) * n)
         self.rb_right.extend(array("i", [NO_ROW]) * n)
@@ -129,9 +139,11 @@ unstable tree, whose root is only reset when the next scan starts, as in the ker
 
     def free(self, row: int) -> None:
         """Give ``row`` back (``kmem_cache_free``); its references are dropped."""
-        self.mm[row] = None
-        self.anon_vma[row] = None
-        self.head[row] = None
+        c = row >> CHUNK_SHIFT
+        i = row & CHUNK_MASK
+        self.mm[c][i] = None
+        self.anon_vma[c][i] = None
+        self.head[c][i] = None
         if self.rb_parent[row] == HEAD_ROW:
             self.rb_parent[row] = NO_ROW
         self.oldchecksum[row] = self.free_row + 1
@@ -172,11 +184,13 @@ class RmapItem:
     # the fields of struct ksm_rmap_item
     @property
     def mm(self):
-        return self.table.mm[self.row]
+        r = self.row
+        return self.table.mm[r >> CHUNK_SHIFT][r & CHUNK_MASK]
 
     @mm.setter
     def mm(self, mm) -> None:
-        self.table.mm[self.row] = mm
+        r = self.row
+        self.table.mm[r >> CHUNK_SHIFT][r & CHUNK_MASK] = mm
 
     @property
     def address(self) -> int:
@@ -213,11 +227,13 @@ class RmapItem:
     @property
     def anon_vma(self):
         """anon_vma reference (STABLE); a union with ``nid`` (UNSTABLE)."""
-        return self.table.anon_vma[self.row]
+        r = self.row
+        return self.table.anon_vma[r >> CHUNK_SHIFT][r & CHUNK_MASK]
 
     @anon_vma.setter
     def anon_vma(self, av) -> None:
-        self.table.anon_vma[self.row] = av
+        r = self.row
+        self.table.anon_vma[r >> CHUNK_SHIFT][r & CHUNK_MASK] = av
 
     @property
     def nid(self) -> int:
@@ -226,8 +242,9 @@ class RmapItem:
     @nid.setter
     def nid(self, nid: int) -> None:
         t = self.table
-        t.nid[self.row] = nid
-        t.anon_vma[self.row] = None          # the union's anon_vma is overwritten
+        r = self.row
+        t.nid[r] = nid
+        t.anon_vma[r >> CHUNK_SHIFT][r & CHUNK_MASK] = None   # the union's anon_vma goes
 
     # the rb node; ``head`` (STABLE) shares its word with rb_parent (UNSTABLE)
     @property
@@ -239,7 +256,8 @@ class RmapItem:
         if r == NO_ROW:
             return None
         if r == HEAD_ROW:
-            return t.head[self.row]
+            r = self.row
+            return t.head[r >> CHUNK_SHIFT][r & CHUNK_MASK]
         return RB_EMPTY
 
     @rb_parent.setter
@@ -252,8 +270,9 @@ class RmapItem:
         elif node is RB_EMPTY:
             t.rb_parent[self.row] = EMPTY_ROW
         else:
-            t.head[self.row] = node
-            t.rb_parent[self.row] = HEAD_ROW
+            r = self.row
+            t.head[r >> CHUNK_SHIFT][r & CHUNK_MASK] = node
+            t.rb_parent[r] = HEAD_ROW
 
     head = rb_parent
 
@@ -296,7 +315,7 @@ class RmapItem:
         a = t.address[self.row]
         st = ("STABLE" if a & STABLE_FLAG else
               "UNSTABLE" if a & UNSTABLE_FLAG else "NONE")
-        mm = t.mm[self.row]
+        mm = t.mm[self.row >> CHUNK_SHIFT][self.row & CHUNK_MASK]
         name = mm.name if mm is not None else "?"
         return f"<rmap_item {name}@{a & PAGE_MASK:#x} {st}>"
 

@@ -63,6 +63,7 @@ FOLIO_NONE = 0xFF         # a free (or never allocated) frame
 
 ZERO_PFN = 0
 SECTION_SHIFT = 9           # 2 MiB sections: each belongs to one NUMA node
+SECTION_MASK = (1 << SECTION_SHIFT) - 1
 LRU_BATCH_SIZE = 31         # PAGEVEC_SIZE / folio_batch capacity
 
 
@@ -155,7 +156,8 @@ class Folio:
         mem = self.mem
         if mem.folio_gen[self.pfn] != self.gen:
             return self._stale_get(3)
-        return mem.folio_mapping[self.pfn]
+        pfn = self.pfn
+        return mem.folio_mapping[pfn >> SECTION_SHIFT][pfn & SECTION_MASK]
 
     @mapping.setter
     def mapping(self, m) -> None:
@@ -163,7 +165,8 @@ class Folio:
         if mem.folio_gen[self.pfn] != self.gen:
             self._dead()[3] = m
         else:
-            mem.folio_mapping[self.pfn] = m
+            pfn = self.pfn
+            mem.folio_mapping[pfn >> SECTION_SHIFT][pfn & SECTION_MASK] = m
 
     @property
     def live(self) -> bool:
@@ -277,16 +280,18 @@ class Memory:
         self.nr_node_ids = numa_nodes
         self.page_folio = PageFolio(self)
         self.page_content = array("Q")          # tokens; a list once bytes are stored
-        self.page_flags = bytearray()
+        self.page_flags = array("B")
         self.page_index = array("q")
         self.page_csum = array("I")             # memo of calc_checksum, see PAGE_CSUM_VALID
         # folio state, at the head pfn (see the module docstring)
         self.folio_refcount = array("i")
         self.folio_mapcount = array("i")
-        self.folio_flags = bytearray()
+        self.folio_flags = array("B")
+        # a list per section: an object column in one list would be copied as it grows
+        # (on PyPy the copies stay in the heap until a major collection: 25 bytes a page)
         self.folio_mapping: list = []
         self.folio_gen = array("I")
-        self.folio_order = bytearray()
+        self.folio_order = array("B")
         self.folio_page_mapcount: dict = {}     # head pfn -> PTE mapcount per page (large)
         self.folio_pins: dict = {}              # head pfn -> GUP pins
         self.dead_folios: dict = {}             # (pfn, gen) -> state written to a freed folio
@@ -325,15 +330,15 @@ class Memory:
             pc.extend([0] * size)
         else:
             pc.frombytes(bytes(8 * size))
-        self.page_flags.extend(bytes(size))
+        self.page_flags.frombytes(bytes(size))
         self.page_index.frombytes(bytes(8 * size))
         self.page_csum.frombytes(bytes(4 * size))
         self.folio_refcount.frombytes(bytes(4 * size))
         self.folio_mapcount.frombytes(bytes(4 * size))
-        self.folio_flags.extend(bytes(size))
-        self.folio_mapping.extend([None] * size)
+        self.folio_flags.frombytes(bytes(size))
+        self.folio_mapping.append([None] * size)
         self.folio_gen.frombytes(bytes(4 * size))
-        self.folio_order.extend(b"\xff" * size)          # FOLIO_NONE
+        self.folio_order.frombytes(b"\xff" * size)        # FOLIO_NONE
         self.section_nid.append(nid)
         self._next_pfn[nid] = base
         self._section_end[nid] = base + size
@@ -365,7 +370,7 @@ class Memory:
         self.folio_refcount[pfn] = 1
         self.folio_mapcount[pfn] = 0
         self.folio_flags[pfn] = 0
-        self.folio_mapping[pfn] = None
+        self.folio_mapping[pfn >> SECTION_SHIFT][pfn & SECTION_MASK] = None
         fo = self.folio_order
         fo[pfn] = order
         if order:
@@ -392,7 +397,7 @@ class Memory:
             self.folio_refcount[pfn] = 1
             self.folio_mapcount[pfn] = 0
             self.folio_flags[pfn] = 0
-            self.folio_mapping[pfn] = None
+            self.folio_mapping[pfn >> SECTION_SHIFT][pfn & SECTION_MASK] = None
             self.folio_order[pfn] = 0
             pc[pfn] = content
             flags[pfn] = 0
@@ -411,7 +416,7 @@ class Memory:
         for p in range(pfn, pfn + (1 << order)):
             gen[p] += 1
             fo[p] = FOLIO_NONE
-        self.folio_mapping[pfn] = None
+        self.folio_mapping[pfn >> SECTION_SHIFT][pfn & SECTION_MASK] = None
         if order:
             del self.folio_page_mapcount[pfn]
         if self.folio_pins:

@@ -123,7 +123,7 @@ class Vma:
         self.flags = flags
         self.anon_vma: AnonVma | None = None
         n = (end - start) >> PAGE_SHIFT
-        self.pte = array("q", [-1]) * n
+        self.pte = array("i", [-1]) * n        # pfns fit 31 bits: 8 TiB of frames
         self.ptef = bytearray(n)
         self.name = name
         self.pgoff = start >> PAGE_SHIFT
