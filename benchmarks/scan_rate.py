@@ -27,9 +27,14 @@ figures were measured with --against-kernel, ``kernel`` and ``ratios``.
 
 Run it on PyPy (``make pypy`` sets up ``.venv-pypy``) to measure the same sources on a
 JIT: ``.venv-pypy/bin/python benchmarks/scan_rate.py`` (``make bench-pypy``).
+``--warmup PAGES`` first runs the whole workload once on PAGES pages in the same process and
+discards it, so that a JIT has compiled the model's paths before the timed run (PyPy spends
+the first second or so of a process tracing and compiling; a long forecast pays that once).
+The default, 0, gives the cold figures; the JSON says which (``warmup_pages``,
+``warmup_s``).
 
     python benchmarks/scan_rate.py [--pages N] [--steady-scans N] [--thp] [--json]
-        [--against-kernel [--kernel-repeats N]] [--no-fast-forward]
+        [--against-kernel [--kernel-repeats N]] [--no-fast-forward] [--warmup PAGES]
 """
 
 from __future__ import annotations
@@ -135,9 +140,20 @@ def main() -> int:
     ap.add_argument("--kernel-repeats", type=int, default=1, metavar="N")
     ap.add_argument("--no-fast-forward", action="store_true",
                     help="do every scan for real (samepage.ksm.fastforward off)")
+    ap.add_argument("--warmup", type=int, default=0, metavar="PAGES",
+                    help="first run the workload once on PAGES pages, untimed (a JIT's "
+                         "warm-up); default 0: cold figures")
     args = ap.parse_args()
     n = args.pages
     ff = not args.no_fast_forward
+    if args.warmup < 0 or 0 < args.warmup < 1024:
+        print("scan_rate: error: --warmup must be 0 or >= 1024 pages", file=sys.stderr)
+        return 2
+    warmup_s = 0.0
+    if args.warmup:
+        t = time.perf_counter()
+        run_workload(args.warmup, False, 3, ff)
+        warmup_s = time.perf_counter() - t
     res = run_workload(n, False, args.steady_scans, ff)
     thp = run_workload(n, True, args.steady_scans, ff) if args.thp else None
     measured = measure_kernel(n, args.kernel_repeats) if args.against_kernel else None
@@ -149,6 +165,8 @@ def main() -> int:
         out = {k: round(v, 1) for k, v in res.items() if k != "counters"}
         out["interpreter"] = INTERPRETER
         out["build"] = BUILD
+        out["warmup_pages"] = args.warmup
+        out["warmup_s"] = round(warmup_s, 2)
         out["counters"] = res["counters"]
         if thp is not None:
             out["thp"] = {k: round(v, 1) for k, v in thp.items() if k != "counters"}
@@ -163,6 +181,8 @@ def main() -> int:
     print(f"model scan rate ({INTERPRETER}, {BUILD}), {n} pages, steady over "
           f"{args.steady_scans} full scans (fast-forward {'on' if ff else 'off'}); pages/s, "
           f"real ksmd ({src}), ratio")
+    print("  " + (f"after an untimed warm-up run on {args.warmup:,} pages ({warmup_s:.1f} s)"
+                  if args.warmup else "cold: no warm-up run (--warmup PAGES for one)"))
     for k in PHASES:
         print(f"  {k:7s} {res[k]:>14,.0f}   kernel {k0[k]:>12,.0f}   {res[k] / k0[k]:7.2f}x")
     print(f"  peak memory per simulated page: {res['bytes_per_page']:.0f} bytes")

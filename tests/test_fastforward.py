@@ -477,3 +477,25 @@ def test_scan_rate_benchmark_json(tmp_path):
     assert set(on) >= {"scan1", "merge", "steady", "unique", "bytes_per_page"}
     assert "ratios" not in on                        # only with --against-kernel
     assert on["steady"] > 5 * off["steady"]
+
+
+def test_scan_rate_warmup(tmp_path):
+    """--warmup PAGES: an untimed run first, reported in the JSON; the timed run's counters
+    are those of a cold run (the warm-up is another Machine); bad values refused."""
+    import json
+    import subprocess
+    import sys
+    script = Path(__file__).parent.parent / "benchmarks" / "scan_rate.py"
+
+    def run(*extra):
+        return subprocess.run([sys.executable, str(script), "--pages", "2048", "--steady-scans",
+                               "3", *extra], capture_output=True, text=True, cwd=tmp_path,
+                              timeout=300)
+    cold, warm = (json.loads(run("--json", *x).stdout) for x in ([], ["--warmup", "4096"]))
+    assert cold["warmup_pages"] == 0 and cold["warmup_s"] == 0
+    assert warm["warmup_pages"] == 4096 and warm["warmup_s"] > 0
+    assert warm["counters"] == cold["counters"]
+    text = run("--warmup", "4096")
+    assert text.returncode == 0 and "untimed warm-up run on 4,096 pages" in text.stdout
+    bad = run("--warmup", "10")
+    assert bad.returncode == 2 and "--warmup" in bad.stderr and bad.stdout == ""

@@ -73,7 +73,7 @@ unstable tree, whose root is only reset when the next scan starts, as in the ker
 
     def __init__(self) -> None:
         self.mm: list = []
-        self.address = array("Q")
+        self.address = array("q")          # signed: PyPy reads it without a long check
         self.oldchecksum = array("I")
         self.age = array("B")
         self.remaining_skips = array("B")
