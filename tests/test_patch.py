@@ -114,12 +114,32 @@ def test_memory_manager_method_and_ambiguity(tmp_path):
     ("def pages_volatile(ksm):\n    return 0\n", r"is a property, not a method"),
     ("STRATEGIES = {'x': 3}\n", r"bad\.py: STRATEGIES: must be a dict"),
     ("def s(ksm):\n    pass\nSTRATEGIES = {'x': s}\n", r"bad\.py: STRATEGIES\.x: a strategy"),
+    # folios and rmap_items are handles: `is` between two of them is never true
+    ("def write_protect_page(ksm, vma, folio):\n    f = ksm.mem.page_folio[folio.pfn]\n"
+     "    if f is folio:\n        return 0\n",
+     r"bad\.py: line 3: 'f is folio': folios and rmap_items are handles, compare them with "
+     r"==$"),
+    ("def remove_rmap_item_from_tree(ksm, item):\n    x = 1\n\n"
+     "    if x and ksm.ff_reinsert is not item:\n        pass\n",
+     r"bad\.py: line 4: 'ksm.ff_reinsert is not item': .* compare them with !=$"),
 ])
 def test_bad_patches(tmp_path, text, msg):
     path = write(tmp_path, "bad.py", text)
     with pytest.raises(PatchError, match=msg):
         load_patch(path)
     assert Ksm.preempt is None
+
+
+def test_identity_of_other_things_is_allowed(tmp_path):
+    """`is` against None, a stable node, a marker: not handles, accepted."""
+    path = write(tmp_path, "ok.py", """
+        def ksm_get_folio(ksm, node, flags):
+            folio = ksm.mem.page_folio[node.kpfn]
+            if folio is None or folio.mapping is not node:
+                return None
+            return folio
+    """)
+    assert load_patch(path).replacements
 
 
 def test_helpers_and_imports_are_not_methods(tmp_path):

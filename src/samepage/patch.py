@@ -24,6 +24,7 @@ an exception while the file is executed).
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import difflib
 import hashlib
@@ -124,6 +125,7 @@ class Patch:
             raise self._error(f"line {e.lineno or 0}", f"SyntaxError: {e.msg}") from None
         except ValueError as e:                      # e.g. null bytes
             raise self._error("(file)", str(e)) from None
+        self._check_identity(source)
         name = "samepage_patch_" + hashlib.sha256(
             os.path.abspath(path).encode() + source).hexdigest()[:16]
         spec = importlib.util.spec_from_loader(name, loader=None, origin=path)
@@ -140,6 +142,28 @@ class Patch:
         sys.modules.setdefault(name, mod)            # pickling and tracebacks find it
         self.module = mod
         self._collect(mod)
+
+    def _check_identity(self, source: bytes) -> None:
+        """Folios and rmap_items are handles made on access (README, "Memory per page"):
+        ``folio is tree_folio`` is never true between two lookups of one folio, so a patch
+        that compares them with ``is`` would silently take the other branch.  Refused."""
+        for node in ast.walk(ast.parse(source)):
+            if not isinstance(node, ast.Compare):
+                continue
+            operands = [node.left, *node.comparators]
+            for k, op in enumerate(node.ops):
+                if not isinstance(op, (ast.Is, ast.IsNot)):
+                    continue
+                pair = operands[k:k + 2]
+                if any(isinstance(o, ast.Constant) for o in pair):
+                    continue                          # x is None: fine
+                if any(_handle_name(o) for o in pair):
+                    word = "is" if isinstance(op, ast.Is) else "is not"
+                    raise self._error(
+                        f"line {node.lineno}",
+                        f"'{ast.unparse(pair[0])} {word} {ast.unparse(pair[1])}': folios and "
+                        f"rmap_items are handles, compare them with "
+                        f"{'==' if word == 'is' else '!='}")
 
     def _collect(self, mod) -> None:
         strategies = getattr(mod, "STRATEGIES", None)
@@ -254,6 +278,15 @@ class Patch:
         out = [f"{cls.__name__}.{attr}" for cls, attr, _ in self.replacements]
         out += [f"same-folio strategy {n}" for n in self.strategies]
         return out
+
+
+def _handle_name(node) -> bool:
+    """An operand named like a folio or an rmap_item (``folio``, ``tree_folio``,
+    ``rmap_item``, ``item``, ``ksm.ff_reinsert`` is not)."""
+    name = node.attr if isinstance(node, ast.Attribute) else \
+        node.id if isinstance(node, ast.Name) else ""
+    name = name.lower()
+    return name.endswith("folio") or name == "item" or name.endswith("_item")
 
 
 def load_patch(path: str) -> Patch:
