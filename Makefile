@@ -21,9 +21,13 @@ build: $(STAMP)
 demo: build
 	$(VENV)/bin/samepage demo
 
+# Everything but the live-kernel files on all cores, then those alone on a quiet machine
+# (tests/conftest.py, LIVE_FILES).  TEST_WORKERS=0 runs the first part in one process.
+TEST_WORKERS ?= auto
 test: build
 	-$(MAKE) -s pypy
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not live"
+	$(PY) -m pytest -q -m live
 
 bench: build
 	$(PY) benchmarks/scan_rate.py
