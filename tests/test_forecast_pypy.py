@@ -120,3 +120,36 @@ def test_a_slow_cpython_forecast_suggests_pypy(tmp_path, monkeypatch):
     assert r.exit_code == 0 and "--engine pypy runs the same model" in r.stdout
     r = _forecast(CliRunner(), snap, "--until", "2", "--json")
     assert "--engine pypy" not in r.stdout            # the JSON stays one object
+
+
+@needs_pypy
+def test_auto_engine_takes_pypy_for_large_snapshots_only(tmp_path, monkeypatch):
+    """--engine auto (the default): CPython below AUTO_PYPY_PAGES present pages, PyPy from
+    there when it is set up (the same JSON), CPython when it is not."""
+    import samepage.cli.forecast as cli_forecast
+    import samepage.forecast.worker as worker
+
+    snap = _workers(tmp_path, n=2, pages=100, distinct=20)
+    calls = []
+    real = worker.run_forecast
+
+    def spy(req, python=None):
+        calls.append(req)
+        return real(req, python)
+
+    monkeypatch.setattr(worker, "run_forecast", spy)
+    args = [snap, "--until", "3", "--json"]
+    small = _forecast(CliRunner(), *args)
+    assert small.exit_code == 0, small.output
+    assert calls == []                                # 200 pages: CPython
+    monkeypatch.setattr(cli_forecast, "AUTO_PYPY_PAGES", 150)
+    large = _forecast(CliRunner(), *args)
+    assert large.exit_code == 0, large.output
+    assert len(calls) == 1                            # PyPy, and the same forecast
+    assert json.loads(large.stdout) == json.loads(small.stdout)
+    monkeypatch.setenv("SAMEPAGE_PYPY", str(tmp_path / "no-such-pypy"))
+    missing = _forecast(CliRunner(), *args)
+    assert missing.exit_code == 0 and len(calls) == 1  # no PyPy: CPython, no error
+    assert json.loads(missing.stdout) == json.loads(small.stdout)
+    bad = _forecast(CliRunner(), snap, "--engine", "jython")
+    assert bad.exit_code == 2 and "auto, cpython or pypy" in bad.stderr
