@@ -13,6 +13,12 @@ import os
 
 import pytest
 
+# pytest-xdist's workers get COLUMNS=80 and LINES=24 from their launcher; the CLI lays out
+# tables for $COLUMNS when stdout is not a terminal, and the tests expect the default (120)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
+
 
 #: Test files that write the live kernel's KSM (through the harness and its lock). `make test`
 #: runs every other test first, on all cores (pytest-xdist), then these alone (``-m live``),
