@@ -63,9 +63,9 @@ class RmapTable:
     (``mm[row >> CHUNK_SHIFT][row & CHUNK_MASK]``), the others arrays.
     The kernel's unions are kept observable: ``head`` shares its word with ``rb_parent``
     (``rb_parent[row] == HEAD_ROW`` says the ``head`` column holds it), and writing ``nid``
-    drops ``anon_vma``.  Freed rows form a list threaded through ``oldchecksum`` (next row
-+ 1; 0 ends it), not through a link: a freed item may still hang in the last scan's
-unstable tree, whose root is only reset when the next scan starts, as in the kernel.
+    drops ``anon_vma``.  Freed rows form a list threaded through ``oldchecksum`` (the next
+    row + 1; 0 ends it), not through a link: a freed item may still hang in the last scan's
+    unstable tree, whose root is only reset when the next scan starts, as in the kernel.
     """
 
     __slots__ = ("mm", "address", "oldchecksum", "age", "remaining_skips", "anon_vma",
