@@ -302,11 +302,7 @@ class RmapItem:
     def rb_red(self, red: bool) -> None:
         self.table.rb_red[self.row] = red
 
-    def rb_init(self) -> None:
-        self.rb_parent = None
-        self.rb_left = None
-        self.rb_right = None
-        self.rb_red = False
+    rb_init = RbNode.rb_init           # the same four stores, through the properties
 
     def __repr__(self) -> str:
         t = self.table

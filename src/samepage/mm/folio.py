@@ -391,17 +391,6 @@ class Memory:
         if content.__class__ is not int and pc.__class__ is not list:
             pc = self.page_content_objects()
         flags = self.page_flags
-        if not order:
-            # the common case, inline
-            self.folio_gen[pfn] += 1
-            self.folio_refcount[pfn] = 1
-            self.folio_mapcount[pfn] = 0
-            self.folio_flags[pfn] = 0
-            self.folio_mapping[pfn >> SECTION_SHIFT][pfn & SECTION_MASK] = None
-            self.folio_order[pfn] = 0
-            pc[pfn] = content
-            flags[pfn] = 0
-            return Folio(self, pfn, self.folio_gen[pfn])
         folio = self._folio_init(pfn, order)
         for p in range(pfn, pfn + (1 << order)):
             pc[p] = content
